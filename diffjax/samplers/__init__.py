@@ -1,0 +1,37 @@
+"""Samplers: one scan driver (:func:`sample`) and small step objects, one module per family."""
+
+from diffjax.samplers.ddim import DDIM, ddim_invert
+from diffjax.samplers.ddpm import DDPMAncestral, posterior
+from diffjax.samplers.driver import Step, StepContext, make_denoise, per_sample_keys, sample, trace_count
+from diffjax.samplers.edm import EDMStochastic, EulerAncestral
+from diffjax.samplers.langevin import AnnealedLangevin
+from diffjax.samplers.ode import RK4, DPMSolverPP2M, Euler, Heun
+from diffjax.samplers.sde import (
+    Ancestral,
+    EulerMaruyama,
+    LangevinCorrector,
+    PredictorCorrector,
+    ReverseDiffusion,
+)
+
+#: name -> step class, for configs and the CLI
+SAMPLERS = {
+    "ddpm": DDPMAncestral,
+    "ddim": DDIM,
+    "euler": Euler,
+    "heun": Heun,
+    "rk4": RK4,
+    "dpmpp_2m": DPMSolverPP2M,
+    "edm_stochastic": EDMStochastic,
+    "euler_ancestral": EulerAncestral,
+    "euler_maruyama": EulerMaruyama,
+    "reverse_diffusion": ReverseDiffusion,
+    "annealed_langevin": AnnealedLangevin,
+}
+
+
+def get_step(name: str, **kwargs) -> Step:
+    """Build a step by name (``SAMPLERS``); unknown names raise a ``ValueError`` listing them."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](**kwargs)
