@@ -71,13 +71,13 @@ class Gaussian:
     def _proj(self, x, t):
         xf = x.reshape(x.shape[0], -1)
         a, s = _ab(self.process, t, x.shape[0])
-        y = (xf - a * self.mean) @ self.evecs
-        var = a**2 * self.evals + s**2
+        y = (xf - a * self.mean[None]) @ self.evecs
+        var = a**2 * self.evals[None] + s**2
         return xf, a, s, y, var
 
     def __call__(self, x, t, cond=None):
         xf, a, s, y, var = self._proj(x, t)
-        x0 = self.mean + (a * self.evals / var * y) @ self.evecs.T
+        x0 = self.mean[None] + (a * self.evals[None] / var * y) @ self.evecs.T
         return x0.reshape(x.shape)
 
     def log_prob(self, x, t):
@@ -91,7 +91,7 @@ class Gaussian:
 
     def sample_data(self, key, n: int):
         z = jax.random.normal(key, (n, self.dim))
-        return self.mean + (z * jnp.sqrt(self.evals)) @ self.evecs.T
+        return self.mean[None] + (z * jnp.sqrt(self.evals)[None]) @ self.evecs.T
 
 
 @struct.dataclass

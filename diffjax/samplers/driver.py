@@ -140,21 +140,32 @@ def _is_dynamic(leaf) -> bool:
     )
 
 
+def _node_key(treedef):
+    """Structural key with every node's type and aux data.
+
+    ``PyTreeDef.__eq__`` alone is not enough: in jax 0.10 two dataclass nodes of different
+    classes with the same fields compare equal (``Euler()`` == ``Heun()``), which would make
+    the compile cache hand one step's program to the other.
+    """
+    nd = treedef.node_data()
+    return (None if nd is None else (nd[0], _Hashable(nd[1])),
+            tuple(_node_key(c) for c in treedef.children()))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Static:
     treedef: Any
     static_leaves: tuple
 
+    @functools.cached_property
+    def _key(self):
+        return (_node_key(self.treedef), self.static_leaves)
+
     def __hash__(self):
-        return hash((self.treedef, self.static_leaves))
+        return hash(self._key)
 
     def __eq__(self, other):
-        return (
-            isinstance(other, _Static)
-            and self.treedef == other.treedef
-            and len(self.static_leaves) == len(other.static_leaves)
-            and all(a is b or a == b for a, b in zip(self.static_leaves, other.static_leaves))
-        )
+        return isinstance(other, _Static) and self._key == other._key
 
 
 def _partition(tree):

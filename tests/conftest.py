@@ -1,0 +1,36 @@
+"""Test configuration: 8 fake CPU devices (sharding tests) and strict numpy semantics.
+
+XLA_FLAGS must be set before jax is imported anywhere.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import diffjax as dj  # noqa: E402
+
+# spec_classic.md section 14: gmm_small (data inside [-1, 1]) and gmm_smooth (stds 0.3).
+GMM_WEIGHTS = (0.3, 0.5, 0.2)
+GMM_MEANS = ((-0.6, -0.3), (0.5, 0.4), (0.0, 0.8))
+GMM_STDS = (0.10, 0.15, 0.05)
+
+
+def make_gmm(process, stds=GMM_STDS):
+    return dj.analytic.GaussianMixture.create(GMM_WEIGHTS, GMM_MEANS, stds, process)
+
+
+@pytest.fixture(scope="session")
+def gmm_reference():
+    """200k exact draws from gmm_small and the two-sample SW1 noise floor at 20k vs 200k."""
+    gmm = make_gmm(dj.VP())
+    ref = np.asarray(gmm.sample_data(jax.random.key(123), 200_000))
+    other = np.asarray(gmm.sample_data(jax.random.key(7), 20_000))
+    floor = dj.analytic.sliced_wasserstein(other, ref)
+    return ref, floor
