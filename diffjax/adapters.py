@@ -38,6 +38,7 @@ __all__ = [
     "t_to_ncsn_label",
     "time_input",
     "with_time_input",
+    "sit_velocity",
 ]
 
 
@@ -112,5 +113,15 @@ def with_time_input(net: Callable, kind: str, process: Process | None = None,
 
     def model(x, t, cond=None):
         return net(x, conv(jnp.asarray(t, jnp.float32)), cond)
+
+    return model
+
+
+def sit_velocity(net: Callable) -> Callable:
+    """Wrap a SiT/flow velocity network ``v(x, t_sit, cond)`` (data at ``t_sit = 1``) as a
+    diffjax ``'velocity'`` model: ``u(x, t) = -v(x, 1 - t, cond)`` (``dt = -dt_sit``)."""
+
+    def model(x, t, cond=None):
+        return -net(x, flip_time(t), cond)
 
     return model

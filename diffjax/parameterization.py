@@ -8,8 +8,8 @@ With ``x = alpha x0 + sigma eps`` (per-example ``t``), the kinds are
   solved for any ``alpha, sigma``);
 * ``'score'``: ``grad log p_t(x) = -eps / sigma`` (NCSN, score SDE);
 * ``'velocity'``: the probability-flow velocity ``dx/dt = alpha_dot x0 + sigma_dot eps`` in
-  *our* time (for SiT/flows trained with data at ``t = 1`` use the negated velocity of
-  ``flip_time``; :func:`negate_time` does it).
+  *our* time (a SiT/flow network trained with data at ``t = 1`` predicts the negative of it
+  at ``1 - t``: wrap it with :func:`diffjax.adapters.sit_velocity`).
 
 Everything passes through the pair ``(x0, eps)``: ``to_x0_eps`` and ``from_x0_eps``.
 EDM preconditioning and the consistency-model boundary form are wrappers that turn a raw

@@ -28,9 +28,10 @@ def make_gmm(process, stds=GMM_STDS):
 
 @pytest.fixture(scope="session")
 def gmm_reference():
-    """200k exact draws from gmm_small and the two-sample SW1 noise floor at 20k vs 200k."""
+    """200k exact draws from gmm_small and the two-sample SW1 noise floor at 10k vs 200k
+    (mean over 5 independent 10k draws: a single draw's SW1 varies by ~30 %)."""
     gmm = make_gmm(dj.VP())
     ref = np.asarray(gmm.sample_data(jax.random.key(123), 200_000))
-    other = np.asarray(gmm.sample_data(jax.random.key(7), 20_000))
-    floor = dj.analytic.sliced_wasserstein(other, ref)
-    return ref, floor
+    floors = [dj.analytic.sliced_wasserstein(np.asarray(gmm.sample_data(jax.random.key(k), 10_000)),
+                                             ref) for k in range(5)]
+    return ref, float(np.mean(floors))

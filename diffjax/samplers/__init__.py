@@ -2,7 +2,15 @@
 
 from diffjax.samplers.ddim import DDIM, ddim_invert
 from diffjax.samplers.ddpm import DDPMAncestral, posterior
-from diffjax.samplers.driver import Step, StepContext, make_denoise, per_sample_keys, sample, trace_count
+from diffjax.samplers.driver import (
+    Step,
+    StepContext,
+    lower_sample,
+    make_denoise,
+    per_sample_keys,
+    sample,
+    trace_count,
+)
 from diffjax.samplers.edm import EDMStochastic, EulerAncestral
 from diffjax.samplers.langevin import AnnealedLangevin
 from diffjax.samplers.ode import RK4, DPMSolverPP2M, Euler, Heun

@@ -50,7 +50,7 @@ from diffjax.processes import Process
 
 Array = Any
 
-__all__ = ["StepContext", "Step", "sample", "make_denoise", "trace_count", "per_sample_keys"]
+__all__ = ["StepContext", "Step", "sample", "lower_sample", "make_denoise", "trace_count", "per_sample_keys"]
 
 _TRACES = {"count": 0}
 
@@ -313,6 +313,23 @@ def sample(
     Returns:
       The final batch (and the trajectory if asked).
     """
+    args, kwargs = _prepare(model, key, shape, grid, step, process, prediction, cond, x_init,
+                            learned_variance, clip_x0, sample_offset, mesh, return_trajectory)
+    return _run(*args, **kwargs)
+
+
+def lower_sample(model, key, shape, grid, step, *, process, prediction="eps", cond=None,
+                 x_init=None, learned_variance=False, clip_x0=None, sample_offset=0,
+                 mesh="auto", return_trajectory=False):
+    """``jax.jit(...).lower`` of exactly what :func:`sample` would run (for compile-time and
+    HLO inspection; ``.compile()`` the result to time compilation)."""
+    args, kwargs = _prepare(model, key, shape, grid, step, process, prediction, cond, x_init,
+                            learned_variance, clip_x0, sample_offset, mesh, return_trajectory)
+    return _run.lower(*args, **kwargs)
+
+
+def _prepare(model, key, shape, grid, step, process, prediction, cond, x_init, learned_variance,
+             clip_x0, sample_offset, mesh, return_trajectory):
     if not callable(model):
         raise TypeError(f"model must be callable model(x, t, cond); got {type(model).__name__}")
     if not isinstance(step, Step):
@@ -337,4 +354,4 @@ def sample(
                      x_init is not None)
     grid = jnp.asarray(grid, jnp.float32)
     xi = jnp.zeros((), jnp.float32) if x_init is None else jnp.asarray(x_init)
-    return _run(dyn, key, grid, xi, jnp.uint32(sample_offset), static=static, config=config)
+    return (dyn, key, grid, xi, jnp.uint32(sample_offset)), dict(static=static, config=config)

@@ -41,9 +41,12 @@ class EDMStochastic(Step):
         gamma = jnp.where(in_range, jnp.minimum(self.s_churn / ctx.num_steps, math.sqrt(2.0) - 1.0), 0.0)
         sig_hat = sig * (1.0 + gamma)
         t_hat = jnp.where(gamma > 0, proc.t_from_sigma_tilde(sig_hat), t)
-        y = x / proc.alpha(t)
-        y_hat = y + jnp.sqrt(jnp.maximum(sig_hat**2 - sig**2, 0.0)) * self.s_noise * ctx.normal(x)
-        x_hat = proc.alpha(t_hat) * y_hat
+        a_hat = proc.alpha(t_hat)
+        # sqrt(sigma_hat^2 - sigma^2) written as sigma sqrt(gamma (2 + gamma)): exactly 0 for
+        # gamma = 0 (the difference of squares under FMA contraction leaves a rounding residual
+        # whose square root, ~sigma * 3e-4, would inject noise with churn off).
+        churn = sig * jnp.sqrt(gamma * (2.0 + gamma)) * self.s_noise
+        x_hat = (a_hat / proc.alpha(t)) * x + a_hat * churn * ctx.normal(x)
         heun = lambda x: _rk_step(ctx, x, t_hat, s, "edm", (0.0, 1.0), ((), (1.0,)), (0.5, 0.5))
         euler = lambda x: _rk_step(ctx, x, t_hat, s, "edm", (0.0,), ((),), (1.0,))
         return jax.lax.cond(proc.sigma(s) > 0, heun, euler, x_hat), state
@@ -63,10 +66,12 @@ class EulerAncestral(Step):
     def __call__(self, ctx, x, t, s, state):
         proc = ctx.process
         sig, sig_next = proc.sigma_tilde(t), proc.sigma_tilde(s)
-        up = jnp.minimum(sig_next, self.eta * jnp.sqrt(
-            jnp.maximum(sig_next**2 * (sig**2 - sig_next**2) / sig**2, 0.0)))
-        down = jnp.sqrt(jnp.maximum(sig_next**2 - up**2, 0.0))
+        # r = sigma_up / sigma_next; forms without differences of squares (see EDMStochastic)
+        r = jnp.minimum(1.0, self.eta * jnp.sqrt(jnp.maximum(1.0 - (sig_next / sig) ** 2, 0.0)))
+        up = sig_next * r
+        down = sig_next * jnp.sqrt(jnp.maximum(1.0 - r**2, 0.0))
         pred = ctx.denoise(x, t)
-        y = x / proc.alpha(t) + (down - sig) * pred.eps
-        y = y + jnp.where(ctx.is_last, 0.0, up * ctx.normal(x))
+        # Euler from sigma to sigma_down in y = x / alpha: y0 = x0 + sigma eps, so
+        # y_down = x0 + sigma_down eps (written without forming x / alpha).
+        y = pred.x0 + down * pred.eps + jnp.where(ctx.is_last, 0.0, up * ctx.normal(x))
         return proc.alpha(s) * y, state

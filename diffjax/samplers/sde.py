@@ -100,7 +100,7 @@ class LangevinCorrector(Step):
 
     snr: float = 0.16
     n_steps: int = struct.field(pytree_node=False, default=1)
-    norm: str = struct.field(pytree_node=False, default="per_example")
+    norm: str = struct.field(pytree_node=False, default="batch")
 
     def __call__(self, ctx, x, t, s, state):
         proc = ctx.process
