@@ -3,7 +3,17 @@
 One convention inside: ``x_t = alpha(t) x0 + sigma(t) eps`` with ``t in [0, 1]``, data at 0.
 """
 
-from diffjax import adapters, analytic, grids, integrate, likelihood, parameterization, processes, samplers
+from diffjax import (
+    adapters,
+    analytic,
+    grids,
+    integrate,
+    likelihood,
+    losses,
+    parameterization,
+    processes,
+    samplers,
+)
 from diffjax.grids import (
     discrete_grid,
     karras_grid,

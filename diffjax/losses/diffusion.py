@@ -356,8 +356,8 @@ def edm_loss(model, key, x0, *, process, prediction="x0", sigma_data=0.5, p_mean
     :class:`~diffjax.parameterization.EDMPrecond`; then the loss equals
     ``||F_theta - (y - c_skip x) / c_out||^2`` because ``lambda c_out^2 = 1``. For a VP
     process the same loss acts on EDM's scaled view ``x / alpha`` with ``sigma = sigma/alpha``.
-    EDM's ``VELoss`` / ``VPLoss`` baselines: pass ``t_sampler`` (e.g.
-    :func:`~.timesteps.log_uniform_sigma`) and ``weighting`` (``sigma_power_weighting(-2)``).
+    EDM's ``VELoss`` / ``VPLoss`` baselines (``lambda = 1 / sigma^2``): pass ``t_sampler`` (e.g.
+    :func:`~.timesteps.log_uniform_sigma`) and ``weighting=lambda t, p: p.sigma_tilde(t) ** -2``.
     """
     if t_sampler is None:
         t_sampler = functools.partial(ts_lib.edm_lognormal, process=process, p_mean=p_mean,
@@ -378,8 +378,7 @@ def flow_matching_loss(model, key, x0, *, process, prediction="velocity", t_samp
     velocity is in diffjax time (data at 0): a SiT-convention network (data at ``t = 1``)
     predicts ``-v`` at ``1 - t``: wrap it as ``lambda x, t, c: -net(x, flip_time(t), c)``
     (:func:`diffjax.adapters.flip_time`); the loss value is unchanged. Default ``t ~ U(0, 1)``;
-    pass
-    ``functools.partial(timesteps.logit_normal, mean=0., std=1.)`` for SD3/LightningDiT.
+    pass ``functools.partial(timesteps.logit_normal, mean=0., std=1.)`` for SD3/LightningDiT.
     """
     if t_sampler is None:
         t_sampler = functools.partial(ts_lib.uniform_continuous, eps=0.0)

@@ -164,7 +164,7 @@ def log_uniform_sigma(key: Array, batch: int, *, process, sigma_min: float = 0.0
 
 
 def logit_normal(key: Array, batch: int, *, mean: float = 0.0, std: float = 1.0) -> TimeSample:
-    """``t = sigmoid(mean + std * n)``, ``n ~ N(0, 1)`` (Esser et al. 2024, SD3, eq. 19).
+    """``t = sigmoid(mean + std * n)``, ``n ~ N(0, 1)`` (Esser et al. 2024, SD3 logit-normal).
 
     SD3's time has noise at ``t = 1`` like diffjax's, so ``mean`` is SD3's ``m`` as is.
     LightningDiT/SiT (data at ``t = 1``) sample ``sigmoid(n)``: their location ``m`` is

@@ -1,0 +1,40 @@
+"""The main job (analytic demo) and the benchmark scripts run end to end in their small modes."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffjax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_quick_writes_table_and_images(tmp_path):
+    rows = cli.run_demo(str(tmp_path), num_samples=4000, quick=True)
+    assert len(rows) == 2
+    for r in rows:
+        # with the exact denoiser these samplers sit near the two-sample noise floor
+        assert r["sw1_over_floor"] < 4.0, r
+        assert (tmp_path / r["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "demo.md").read_text()
+    assert "| sampler | NFE |" in table and rows[0]["sampler"] in table
+    assert json.loads((tmp_path / "demo.json").read_text())["rows"][0]["nfe"] == rows[0]["nfe"]
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--num_samples=0"])
+
+
+def test_sampler_overhead_benchmark_tiny(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "sampler_overhead", ROOT / "experiments" / "benchmarks" / "sampler_overhead.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up in sys.modules
+    spec.loader.exec_module(mod)
+    out = tmp_path / "table.md"
+    res = mod.main(["--tiny", "--out", str(out)])
+    assert res["retraces"] == 0
+    sizes = [row[3] for row in res["compile"]]
+    assert abs(sizes[0] - sizes[1]) / sizes[0] < 0.02  # one scan body whatever the step count
+    assert "Retraces when the guidance scale changes" in out.read_text()
