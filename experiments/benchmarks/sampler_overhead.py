@@ -56,9 +56,9 @@ def mlp_params(key, d=2, width=256, depth=3):
 def mlp_apply(params, x, t, cond=None):
     h = jnp.concatenate([x, _time_features(t)], axis=-1)
     for w, b in params[:-1]:
-        h = jax.nn.silu(h @ w + b)
+        h = jax.nn.silu(h @ w + b[None])
     w, b = params[-1]
-    return h @ w + b
+    return h @ w + b[None]
 
 
 def conv_params(key, c_in=3, width=64, depth=4):
