@@ -1,0 +1,121 @@
+"""The training loop: steps, logging, periodic checkpoints, resume and preemption.
+
+:func:`fit` runs ``train_step`` over batches from a resumable data loader, writes one JSON
+line of metrics every ``log_every`` steps to ``workdir/metrics.jsonl``, saves a checkpoint
+every ``save_every`` steps and at the end, and on SIGTERM (preemption) saves before
+returning. Training state and loader state are restored from ``workdir/checkpoints`` when
+present (:func:`restore_or_init`). Too many non-finite steps in a row raise a
+``FloatingPointError`` naming the step, after the last good state was checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+from diffjax.train.checkpoint import Checkpointer
+
+__all__ = ["fit", "restore_or_init", "PreemptionGuard"]
+
+
+class PreemptionGuard:
+    """Sets ``.requested`` on SIGTERM (the signal TPU/GPU schedulers send before preemption)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread: no handler, no preemption save
+            self._old = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def restore_or_init(checkpointer: Checkpointer | None, init_state: Callable[[], Any],
+                    loader=None):
+    """Resume from the newest good checkpoint, else build a fresh state. Returns the state."""
+    state = init_state()
+    if checkpointer is None:
+        return state
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    found = checkpointer.restore_latest(abstract)
+    if found is None:
+        return state
+    _, state, data_state, _ = found
+    if loader is not None and data_state is not None:
+        loader.set_state(data_state)
+    return state
+
+
+def fit(state, train_step: Callable, batches: Iterator, *, num_steps: int,
+        to_device: Callable = lambda b: b, checkpointer: Checkpointer | None = None,
+        loader=None, save_every: int = 1000, log_every: int = 100, workdir=None,
+        meta: dict | None = None, max_nonfinite: int = 20, log_fn: Callable | None = print):
+    """Train until ``state.step == num_steps`` (steps already done are not repeated)."""
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0; got {num_steps}")
+    log_path = Path(workdir) / "metrics.jsonl" if workdir is not None else None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    step = int(state.step)
+    bad_run, t0, history = 0, time.perf_counter(), []
+
+    def save(force=False):
+        if checkpointer is not None:
+            data_state = loader.get_state() if loader is not None else None
+            if isinstance(data_state, bytes):
+                data_state = data_state.decode()
+            checkpointer.save(int(state.step), state, data_state, meta, force=force)
+
+    with PreemptionGuard() as guard:
+        while step < num_steps:
+            batch = to_device(next(batches))
+            state, metrics = train_step(state, batch)
+            step += 1
+            finite = float(metrics["finite"])
+            bad_run = 0 if finite else bad_run + 1
+            if bad_run >= max_nonfinite:
+                save(force=True)
+                if checkpointer is not None:
+                    checkpointer.wait()
+                raise FloatingPointError(
+                    f"loss or gradients non-finite for {bad_run} consecutive steps (last: step "
+                    f"{step}); updates were skipped, the last good state is checkpointed")
+            if step % log_every == 0 or step == num_steps:
+                m = {k: float(np.asarray(v)) for k, v in metrics.items()}
+                m.update(step=step, skipped=int(state.skipped),
+                         steps_per_sec=log_every / max(time.perf_counter() - t0, 1e-9))
+                t0 = time.perf_counter()
+                history.append(m)
+                if log_path is not None:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(m) + "\n")
+                if log_fn is not None:
+                    log_fn(f"step {step}: loss {m['loss']:.5f} ({m['steps_per_sec']:.1f} steps/s)")
+            if step % save_every == 0 or step == num_steps:
+                save(force=step == num_steps)
+            if guard.requested:
+                save(force=True)
+                if log_fn is not None:
+                    log_fn(f"SIGTERM: saved step {step}, stopping")
+                break
+    if checkpointer is not None:
+        checkpointer.wait()
+    return state, history

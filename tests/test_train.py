@@ -1,0 +1,216 @@
+"""Training system: EMAs, non-finite guard, sharding invariance, exact resume, corrupt
+checkpoints, restoring onto another device count, preemption."""
+
+import math
+import os
+import signal
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax as dj
+from diffjax import train as T
+
+BATCH = 64
+
+
+def mlp_init(key, width=32):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "w1": jax.random.normal(k1, (2 + 16, width)) / math.sqrt(18.0),
+        "b1": jnp.zeros((width,)),
+        "w2": jax.random.normal(k2, (width, width)) / math.sqrt(width),
+        "b2": jnp.zeros((width,)),
+        "w3": jax.random.normal(k3, (width, 2)) * 0.01,
+        "b3": jnp.zeros((2,)),
+    }
+
+
+def mlp_apply(p, x, t, cond=None):
+    f = jnp.exp(-math.log(1e3) * jnp.arange(8) / 8.0)
+    e = jnp.concatenate([jnp.sin(t[:, None] * 1e3 * f[None]), jnp.cos(t[:, None] * 1e3 * f[None])], -1)
+    h = jax.nn.silu(jnp.concatenate([x, e], -1) @ p["w1"] + p["b1"][None])
+    h = jax.nn.silu(h @ p["w2"] + p["b2"][None])
+    return h @ p["w3"] + p["b3"][None]
+
+
+PROC = dj.DiscreteVP.linear(1000)
+
+
+def loss_fn(params, key, batch):
+    model = jax.tree_util.Partial(mlp_apply, params)
+    return dj.losses.ddpm_loss(model, key, batch["image"], process=PROC)
+
+
+class ArrayLoader:
+    """A resumable deterministic loader over a fixed array (batch i is a function of i)."""
+
+    def __init__(self, data, batch):
+        self.data, self.batch, self.i = data, batch, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        rng = np.random.default_rng(self.i)
+        self.i += 1
+        return {"image": self.data[rng.integers(0, len(self.data), self.batch)]}
+
+    def get_state(self):
+        return str(self.i)
+
+    def set_state(self, s):
+        self.i = int(s)
+
+
+DATA = np.asarray(dj.analytic.GaussianMixture.create(
+    [0.3, 0.5, 0.2], [(-0.6, -0.3), (0.5, 0.4), (0.0, 0.8)], [0.1, 0.15, 0.05], PROC
+).sample_data(jax.random.key(0), 4096))
+OPT = T.make_optimizer("adam", 1e-3, warmup_steps=5, grad_clip=1.0)
+EMAS = {"ema": T.EMASpec(decay=0.99), "edm": T.EMASpec(halflife_kimg=0.5, rampup_ratio=0.05)}
+
+
+def make(mesh):
+    state = T.create_train_state(mlp_init, OPT, seed=1, ema_names=tuple(EMAS), mesh=mesh)
+    step = T.make_train_step(loss_fn, OPT, EMAS, BATCH)
+    if mesh is None:
+        return state, T.jit_train_step(step), (lambda b: b)
+    sh = T.state_shardings(state, mesh)
+    return state, T.jit_train_step(step, sh, T.batch_sharding(mesh, 2)), (
+        lambda b: T.shard_batch(b, mesh))
+
+
+def test_ema_formulas():
+    fixed = T.EMASpec(decay=0.999)
+    assert float(T.ema_decay(fixed, 0, 128)) == 0.0  # DDPM: EMA starts at the weights
+    assert abs(float(T.ema_decay(fixed, 5, 128)) - 0.999) < 1e-7
+    edm = T.EMASpec(halflife_kimg=500.0, rampup_ratio=0.05)
+    # ramp-up: after 10 steps of 512 images the half-life is 0.05 * 5120 = 256 images
+    np.testing.assert_allclose(float(T.ema_decay(edm, 9, 512)), 0.5 ** (512 / 256.0), rtol=1e-6)
+    # long after the ramp: 0.5 ** (512 / 500k)
+    np.testing.assert_allclose(float(T.ema_decay(edm, 10**6, 512)), 0.5 ** (512 / 5e5), rtol=1e-6)
+    ema = T.update_emas({"a": {"w": jnp.zeros(3)}}, {"w": jnp.ones(3)}, {"a": fixed}, 3, 1)
+    np.testing.assert_allclose(ema["a"]["w"], 0.001, rtol=1e-4)  # 1 - 0.999 in float32
+    with pytest.raises(ValueError, match="exactly one"):
+        T.EMASpec()
+    with pytest.raises(ValueError, match="optimizer"):
+        T.make_optimizer("sgdx")
+
+
+def test_training_learns_and_skips_nonfinite_updates():
+    state, step, put = make(None)
+    loader = ArrayLoader(DATA, BATCH)
+    first = None
+    for _ in range(300):
+        state, m = step(state, put(next(loader)))
+        first = float(m["loss"]) if first is None else first
+    assert float(m["loss"]) < 0.7 * first  # it learns
+    before = jax.tree_util.tree_map(np.asarray, state)
+    bad = {"image": np.full((BATCH, 2), np.nan, np.float32)}
+    state, m = step(state, bad)
+    assert float(m["finite"]) == 0.0 and int(state.skipped) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(state.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    # the EMAs moved towards the weights but are distinct from them
+    d = [float(np.abs(np.asarray(e) - np.asarray(p)).max()) for e, p in
+         zip(jax.tree_util.tree_leaves(state.ema["ema"]), jax.tree_util.tree_leaves(state.params))]
+    assert 0 < max(d) < 1.0
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    state, step, put = make(None)
+    bad = iter(lambda: {"image": np.full((BATCH, 2), np.nan, np.float32)}, None)
+    with pytest.raises(FloatingPointError, match="non-finite for 3 consecutive steps"):
+        T.fit(state, step, bad, num_steps=10, max_nonfinite=3, log_fn=None,
+              checkpointer=T.Checkpointer(tmp_path / "ck"))
+
+
+def test_one_device_and_eight_devices_agree():
+    """Same losses and parameters on 1 device and on a (data=4, fsdp=2) mesh of 8."""
+    runs = []
+    for mesh in (T.make_mesh(devices=jax.devices()[:1]), T.make_mesh(data=4, fsdp=2)):
+        state, step, put = make(mesh)
+        loader = ArrayLoader(DATA, BATCH)
+        losses = []
+        for _ in range(20):
+            state, m = step(state, put(next(loader)))
+            losses.append(float(m["loss"]))
+        runs.append((np.asarray(losses), jax.tree_util.tree_map(np.asarray, state.params)))
+    assert jax.device_count() == 8
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(runs[0][1]), jax.tree_util.tree_leaves(runs[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _run(workdir, num_steps, mesh=None, stop_after=None):
+    state0, step, put = make(mesh)
+    loader = ArrayLoader(DATA, BATCH)
+    ck = T.Checkpointer(Path(workdir) / "checkpoints", max_to_keep=3)
+    state = T.restore_or_init(ck, lambda: state0, loader)
+    state, hist = T.fit(state, step, loader, num_steps=stop_after or num_steps, to_device=put,
+                        checkpointer=ck, loader=loader, save_every=5, log_every=1,
+                        workdir=workdir, log_fn=None)
+    ck.close()
+    return state, [h["loss"] for h in hist]
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
+    full_state, full = _run(tmp_path / "a", 20)
+    _, first = _run(tmp_path / "b", 20, stop_after=10)
+    resumed_state, rest = _run(tmp_path / "b", 20)
+    assert len(rest) == 10
+    np.testing.assert_array_equal(np.asarray(first + rest), np.asarray(full))
+    for a, b in zip(jax.tree_util.tree_leaves(full_state), jax.tree_util.tree_leaves(resumed_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_corrupt_checkpoint_falls_back_with_warning(tmp_path):
+    _run(tmp_path, 15)
+    ck_dir = tmp_path / "checkpoints"
+    assert sorted(int(p.name) for p in ck_dir.iterdir() if p.name.isdigit()) == [5, 10, 15]
+    # corrupt the newest checkpoint: truncate every file of its state item
+    for f in (ck_dir / "15" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")
+    state0, _, _ = make(None)
+    ck = T.Checkpointer(ck_dir)
+    with pytest.warns(RuntimeWarning, match="step 15"):
+        step, state, data_state, _ = ck.restore_latest(T.abstract_like(state0))
+    assert step == 10 and int(state.step) == 10 and data_state == "10"
+    ck.close()
+
+
+def test_restore_onto_a_different_device_count(tmp_path):
+    mesh8 = T.make_mesh(data=4, fsdp=2)
+    saved, _ = _run(tmp_path, 5, mesh=mesh8)
+    state1, _, _ = make(T.make_mesh(devices=jax.devices()[:1]))
+    ck = T.Checkpointer(tmp_path / "checkpoints")
+    step, restored, _, _ = ck.restore_latest(T.abstract_like(state1))
+    ck.close()
+    assert step == 5 and len(jax.tree_util.tree_leaves(restored)[0].sharding.device_set) == 1
+    for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_saves_before_stopping(tmp_path):
+    state0, step, put = make(None)
+    loader = ArrayLoader(DATA, BATCH)
+    ck = T.Checkpointer(tmp_path / "ck", save_interval_steps=1)
+    calls = {"n": 0}
+
+    def batches():
+        while True:
+            calls["n"] += 1
+            if calls["n"] == 7:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield next(loader)
+
+    assert threading.current_thread() is threading.main_thread()
+    state, _ = T.fit(state0, step, batches(), num_steps=1000, checkpointer=ck, loader=loader,
+                     save_every=10**6, log_every=10**6, log_fn=None)
+    assert int(state.step) == 7 and ck.steps() == [7]
+    ck.close()
