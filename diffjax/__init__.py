@@ -6,6 +6,7 @@ One convention inside: ``x_t = alpha(t) x0 + sigma(t) eps`` with ``t in [0, 1]``
 from diffjax import (
     adapters,
     analytic,
+    data,
     grids,
     integrate,
     likelihood,

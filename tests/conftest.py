@@ -13,6 +13,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Compilation dominates the suite's time on CPU; identical programs compiled again (a resumed
+# run, a restored model) come from this persistent cache instead.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("DIFFJAX_TEST_CACHE", os.path.join(os.path.dirname(__file__),
+                                                                    "..", ".jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import diffjax as dj  # noqa: E402
 

@@ -22,8 +22,12 @@ def test_demo_quick_writes_table_and_images(tmp_path):
     table = (tmp_path / "demo.md").read_text()
     assert "| sampler | NFE |" in table and rows[0]["sampler"] in table
     assert json.loads((tmp_path / "demo.json").read_text())["rows"][0]["nfe"] == rows[0]["nfe"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="num_samples"):
         cli.main(["demo", "--num_samples=0"])
+    with pytest.raises(SystemExit, match="usage"):
+        cli.main(["fly"])
+    with pytest.raises(SystemExit, match="needs --config"):
+        cli.main(["train"])
 
 
 def test_sampler_overhead_benchmark_tiny(tmp_path):

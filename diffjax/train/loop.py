@@ -60,6 +60,9 @@ def restore_or_init(checkpointer: Checkpointer | None, init_state: Callable[[], 
         return state
     _, state, data_state, _ = found
     if loader is not None and data_state is not None:
+        # checkpoints hold the state as JSON text; grain's loaders want the bytes back
+        if isinstance(data_state, str) and isinstance(loader.get_state(), bytes):
+            data_state = data_state.encode()
         loader.set_state(data_state)
     return state
 

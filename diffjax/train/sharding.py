@@ -29,8 +29,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
         raise ValueError(f"fsdp={fsdp} must divide the device count {n}")
     if data == -1:
         data = n // fsdp
-    if data * fsdp != n:
-        raise ValueError(f"data * fsdp = {data * fsdp} must equal the device count {n}")
+    if data < 1 or data * fsdp > n:
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} needs more than the {n} devices")
+    devices = devices[: data * fsdp]  # an explicit smaller mesh uses the first devices
     return Mesh(np.asarray(devices).reshape(data, fsdp), ("data", "fsdp"))
 
 

@@ -1,5 +1,5 @@
 """Small utilities with no heavy dependencies (PNG writing, tables)."""
 
-from diffjax.utils.png import density_image, save_png
+from diffjax.utils.png import density_image, image_grid, save_png
 
-__all__ = ["save_png", "density_image"]
+__all__ = ["save_png", "density_image", "image_grid"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_png", "density_image"]
+__all__ = ["save_png", "density_image", "image_grid"]
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -44,3 +44,21 @@ def density_image(points, size: int = 256, lim: float = 1.2) -> np.ndarray:
     h, _, _ = np.histogram2d(-p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]])
     h = np.log1p(h)
     return h / max(h.max(), 1e-12)
+
+
+def image_grid(images, ncols: int | None = None, pad: int = 1, value_range=(-1.0, 1.0)) -> np.ndarray:
+    """Tile ``(N, H, W, C)`` images (C = 1 or 3, values in ``value_range``) into one image in
+    [0, 1] with ``pad`` pixels of white between tiles."""
+    x = np.asarray(images, np.float32)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be (N, H, W, 1 or 3); got shape {x.shape}")
+    lo, hi = value_range
+    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    n, h, w, c = x.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    out = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
+    for i in range(n):
+        r, q = divmod(i, ncols)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+    return out[..., 0] if c == 1 else out

@@ -1,0 +1,727 @@
+"""Random-access data sources: arrays, TFDS, image folders, pre-extracted latents.
+
+A *source* is anything with ``__len__`` and ``__getitem__(i) -> dict`` (grain's
+``RandomAccessDataSource`` protocol): ``record['image']`` is one example (an ``(H, W, C)``
+image, a ``(2,)`` toy point or an ``(h, w, c)`` latent) and ``record['label']``, when present,
+its integer class. Sources return raw examples (``uint8`` pixels for image sources); scaling,
+cropping and flips are per-record transforms of :mod:`diffjax.data.pipeline`.
+
+Nothing here downloads. :class:`TFDSSource` reads a data set already prepared in the TFDS
+``array_record`` format through ``tfds.data_source`` (which needs no TensorFlow); when the data
+set is not there it raises an error that says how to prepare it on a machine with network.
+
+:func:`get_source` picks a source from a name or path:
+
+====================================  ================================================
+``'digits'``, ``'faces'``             embedded sets (:mod:`diffjax.data.embedded`)
+``'toy:<name>'``                      2-D toy sets (:mod:`diffjax.data.toy`)
+``'mnist'``, ``'cifar10'``, ...       TFDS (:data:`TFDS_NAMES`, ``lsun/<category>`` etc.)
+``'tfds:<any name>'``                 any TFDS data set
+a folder                              :class:`ImageFolderSource` (or latents if it holds
+                                      only ``.npy``/``.npz`` files)
+a ``.npz`` / ``.npy`` file            :class:`LatentsSource`
+====================================  ================================================
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "DataSource",
+    "ArraySource",
+    "TFDSSource",
+    "ImageFolderSource",
+    "LatentsSource",
+    "get_source",
+    "read_image",
+    "read_png",
+    "TFDS_NAMES",
+    "IMAGE_EXTENSIONS",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+#: TFDS names (or families, before a ``/``) that :func:`get_source` accepts without the
+#: ``tfds:`` prefix.
+TFDS_NAMES = (
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn_cropped",
+    "stl10",
+    "celeb_a",
+    "celeb_a_hq",
+    "imagenet2012",
+    "imagenet_resized",
+    "downsampled_imagenet",
+    "lsun",
+    "oxford_flowers102",
+)
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """Random access to examples: ``len(src)`` and ``src[i] -> {'image': ..., 'label'?: ...}``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def _as_index(index, n: int) -> int:
+    i = int(index)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {index} out of range for a source of {n} records")
+    return i
+
+
+class ArraySource:
+    """A source over in-memory (or memory-mapped) arrays.
+
+    Args:
+        images: Examples, shape ``(N, ...)`` (images ``(N, H, W, C)``, toy points ``(N, 2)``).
+        labels: Optional integer labels ``(N,)``.
+
+    Attributes:
+        images: The examples.
+        labels: The labels (``int32``) or ``None``.
+        num_classes: ``max(labels) + 1`` or ``None``.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+        self.images = np.asarray(images) if not isinstance(images, np.memmap) else images
+        if self.images.ndim < 1 or self.images.shape[0] == 0:
+            raise ValueError(f"ArraySource: images must be a non-empty (N, ...) array; got "
+                             f"shape {self.images.shape}")
+        self.labels = None
+        self.num_classes = None
+        if labels is not None:
+            self.labels = np.asarray(labels).astype(np.int32).reshape(-1)
+            if self.labels.shape[0] != self.images.shape[0]:
+                raise ValueError(f"ArraySource: {self.images.shape[0]} images but "
+                                 f"{self.labels.shape[0]} labels")
+            self.num_classes = int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index) -> dict[str, Any]:
+        i = _as_index(index, len(self))
+        rec = {"image": np.asarray(self.images[i])}
+        if self.labels is not None:
+            rec["label"] = self.labels[i]
+        return rec
+
+    def __repr__(self) -> str:
+        return (f"ArraySource(n={len(self)}, example_shape={self.images.shape[1:]}, "
+                f"dtype={self.images.dtype}, labels={self.labels is not None})")
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "TFDS sources need tensorflow-datasets (no TensorFlow needed for "
+            "`tfds.data_source`): `pip install tensorflow-datasets`."
+        ) from e
+    return tfds
+
+
+class TFDSSource:
+    """A TFDS data set read with ``tfds.data_source`` (random access, no TensorFlow).
+
+    The data set must already be prepared in ``array_record`` format under ``data_dir``
+    (default ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``): nothing downloads here. Works
+    inside ``tfds.testing.mock_data`` (random pixels) for tests.
+
+    Args:
+        name: TFDS name, optionally with config and version (``'lsun/church_outdoor'``,
+            ``'cifar10:3.0.2'``).
+        split: TFDS split string (``'train'``, ``'test'``, ``'train[:90%]'``...).
+        data_dir: Folder holding prepared TFDS data sets.
+        image_key: Feature holding the image; ``None`` picks ``'image'`` if it is an
+            ``Image`` feature, else the first ``Image`` feature.
+        label_key: Feature holding the class; ``'auto'`` uses ``'label'`` when it is a
+            ``ClassLabel`` and no label otherwise; ``None`` never returns labels.
+
+    Attributes:
+        image_key, label_key: The keys used.
+        num_classes: Number of classes of the label feature, or ``None``.
+        info: The ``tfds.core.DatasetInfo``.
+
+    Raises:
+        ValueError: TFDS has no data set of that name, or no image feature.
+        FileNotFoundError: The data set (or split) is not prepared in ``data_dir``; the message
+            names the data set and says how to prepare it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        split: str = "train",
+        *,
+        data_dir: str | os.PathLike | None = None,
+        image_key: str | None = None,
+        label_key: str | None = "auto",
+    ):
+        self.name, self.split = name, split
+        self.data_dir = None if data_dir is None else os.fspath(data_dir)
+        self._requested = (image_key, label_key)
+        self._ds = self._open()
+        self.info = getattr(self._ds, "dataset_info", None)
+        features = dict(self.info.features.items()) if self.info is not None else {}
+        tfds = _import_tfds()
+        if image_key is None:
+            images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+            if not images:
+                raise ValueError(f"TFDSSource: data set name={name!r} has no Image feature "
+                                 f"(features: {sorted(features)}); pass image_key=")
+            image_key = "image" if "image" in images else images[0]
+        elif features and image_key not in features:
+            raise ValueError(f"TFDSSource: image_key={image_key!r} is not a feature of "
+                             f"{name!r} (features: {sorted(features)})")
+        if label_key == "auto":
+            f = features.get("label")
+            label_key = "label" if isinstance(f, tfds.features.ClassLabel) else None
+        elif label_key is not None and features and label_key not in features:
+            raise ValueError(f"TFDSSource: label_key={label_key!r} is not a feature of "
+                             f"{name!r} (features: {sorted(features)})")
+        self.image_key, self.label_key = image_key, label_key
+        lf = features.get(label_key) if label_key else None
+        self.num_classes = getattr(lf, "num_classes", None)
+
+    def _open(self):
+        tfds = _import_tfds()
+        try:
+            return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
+                                    download=False)
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise ValueError(
+                f"TFDS has no data set name={self.name!r} (see `tfds.list_builders()`); "
+                f"diffjax's short names are {list(TFDS_NAMES)}."
+            ) from e
+        except Exception as e:  # not prepared, wrong format, unknown split...
+            where = self.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+            found = ""
+            try:
+                path = tfds.builder(self.name, data_dir=self.data_dir).data_path
+                if path.exists() and any(path.iterdir()):
+                    found = (f" A copy exists at {os.fspath(path)!r} but cannot be read with "
+                             f"random access (it must be in array_record format) or lacks "
+                             f"this split.")
+            except Exception:  # the hint is best-effort
+                pass
+            raise FileNotFoundError(
+                f"TFDS data set {self.name!r} (split {self.split!r}) is not available in "
+                f"data_dir={where!r}, and diffjax never downloads at run time.{found} "
+                f"Prepare it on a "
+                f"machine with network, in random-access format:\n"
+                f"    tfds build {self.name} --file_format=array_record --data_dir=<dir>\n"
+                f"(or `tfds.data_source({self.name!r}, data_dir=<dir>)` there, or a manual "
+                f"download for data sets such as imagenet2012), then copy <dir> here and pass "
+                f"data_dir=<dir> (or set TFDS_DATA_DIR). Cause: {type(e).__name__}: {e}"
+            ) from e
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, index) -> dict[str, Any]:
+        i = _as_index(index, len(self))
+        rec = self._ds[i]
+        out = {"image": np.asarray(rec[self.image_key])}
+        if self.label_key is not None:
+            out["label"] = np.int32(rec[self.label_key])
+        return out
+
+    # Worker processes get a pickled copy: reopen the data source there.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ds"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._ds = self._open()
+
+    def __repr__(self) -> str:
+        return (f"TFDSSource(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"image_key={self.image_key!r}, label_key={self.label_key!r})")
+
+
+# --------------------------------------------------------------------------- image files
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    if pa <= pb and pa <= pc:
+        return a
+    return b if pb <= pc else c
+
+
+def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> np.ndarray:
+    """Undoes PNG's per-scanline filters (types 0-4). Returns ``(height, stride)`` uint8."""
+    data = np.frombuffer(raw, np.uint8)
+    if data.size != height * (stride + 1):
+        raise ValueError("PNG: image data has the wrong size")
+    rows = data.reshape(height, stride + 1)
+    out = np.zeros((height, stride), np.uint8)
+    prev = np.zeros(stride, np.uint8)
+    for y in range(height):
+        ftype, line = rows[y, 0], rows[y, 1:]
+        if ftype == 0:
+            cur = line.copy()
+        elif ftype == 1:  # Sub: running sum along each byte lane, modulo 256
+            cur = np.cumsum(line.reshape(-1, bpp).astype(np.int64), axis=0).astype(np.uint8)
+            cur = cur.reshape(-1)
+        elif ftype == 2:  # Up
+            cur = line + prev
+        elif ftype in (3, 4):  # Average / Paeth: sequential, byte by byte
+            c = bytearray(line.tobytes())
+            p = prev.tobytes()
+            for i in range(stride):
+                a = c[i - bpp] if i >= bpp else 0
+                b = p[i]
+                if ftype == 3:
+                    c[i] = (c[i] + ((a + b) >> 1)) & 0xFF
+                else:
+                    cc = p[i - bpp] if i >= bpp else 0
+                    c[i] = (c[i] + _paeth(a, b, cc)) & 0xFF
+            cur = np.frombuffer(bytes(c), np.uint8)
+        else:
+            raise ValueError(f"PNG: unknown filter type {ftype}")
+        out[y] = cur
+        prev = out[y]
+    return out
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Reads a PNG with ``zlib`` only (the fallback when Pillow is missing).
+
+    Supports non-interlaced grey (1, 2, 4, 8, 16 bits), grey+alpha, RGB, RGBA (8, 16 bits)
+    and palette (1, 2, 4, 8 bits) images; 16-bit samples keep their high byte, palette
+    transparency is ignored. Alpha is returned as a channel.
+
+    Args:
+        path: File path.
+
+    Returns:
+        ``uint8`` array ``(H, W, C)``, ``C`` in {1, 2, 3, 4} (palette images give 3).
+
+    Raises:
+        ValueError: Not a PNG, or a variant this reader does not handle (install Pillow).
+    """
+    buf = Path(path).read_bytes()
+    if not buf.startswith(_PNG_SIGNATURE):
+        raise ValueError(f"{os.fspath(path)!r} is not a PNG file")
+    pos, idat, palette, header = 8, [], None, None
+    while pos < len(buf):
+        (length,) = struct.unpack(">I", buf[pos : pos + 4])
+        tag, body = buf[pos + 4 : pos + 8], buf[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"PLTE":
+            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
+        elif tag == b"IDAT":
+            idat.append(body)
+        elif tag == b"IEND":
+            break
+    if header is None:
+        raise ValueError(f"{os.fspath(path)!r}: PNG without IHDR")
+    width, height, depth, ctype, _, _, interlace = header
+    low = depth in (1, 2, 4) and ctype in (0, 3)  # sub-byte grey or palette indices
+    supported = (depth in (8, 16) and ctype in _PNG_CHANNELS and ctype != 3) or low or (
+        depth == 8 and ctype == 3)
+    if interlace or not supported:
+        raise ValueError(
+            f"{os.fspath(path)!r}: PNG variant (bit depth {depth}, colour type {ctype}, interlace "
+            f"{interlace}) is not supported by the built-in reader; `pip install Pillow`."
+        )
+    ch = _PNG_CHANNELS[ctype]
+    bpp = max(1, ch * depth // 8)  # filter unit: bytes per complete pixel, at least 1
+    stride = (width * ch * depth + 7) // 8
+    rows = _unfilter(zlib.decompress(b"".join(idat)), height, stride, bpp)
+    if low:
+        shifts = np.arange(8 // depth)[::-1] * depth
+        vals = (rows[..., None] >> shifts.astype(np.uint8)) & ((1 << depth) - 1)
+        img = vals.reshape(height, -1)[:, :width, None].astype(np.uint8)
+        if ctype == 0:
+            img = img * np.uint8(255 // ((1 << depth) - 1))
+    else:
+        img = rows.reshape(height, width, ch * depth // 8)
+        if depth == 16:
+            img = img[..., 0::2]  # big-endian: keep the high byte
+    if ctype == 3:
+        if palette is None:
+            raise ValueError(f"{os.fspath(path)!r}: palette PNG without PLTE")
+        img = palette[img[..., 0]]
+    return np.ascontiguousarray(img)
+
+
+def _pil_available() -> bool:
+    try:
+        import PIL.Image  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
+    """Drops alpha, then converts grey <-> RGB (ITU-R 601-2 luma, as PIL's ``'L'``)."""
+    if img.shape[-1] in (2, 4):
+        img = img[..., :-1]
+    if channels is None or img.shape[-1] == channels:
+        return img
+    if channels == 3:
+        return np.repeat(img, 3, axis=-1)
+    if channels == 1:
+        luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+    raise ValueError(f"channels must be 1, 3 or None; got {channels}")
+
+
+def read_image(
+    path: str | os.PathLike, *, channels: int | None = 3, backend: str = "auto"
+) -> np.ndarray:
+    """Reads a PNG or JPEG file as ``uint8`` ``(H, W, C)``.
+
+    Args:
+        path: File path.
+        channels: 3 (RGB), 1 (grey) or ``None`` (as stored, without alpha).
+        backend: ``'pil'``, ``'png'`` (the built-in zlib reader, PNG only) or ``'auto'``
+            (Pillow when installed).
+
+    Returns:
+        ``uint8`` array ``(H, W, channels)``.
+
+    Raises:
+        ImportError: A JPEG without Pillow installed.
+    """
+    path = os.fspath(path)
+    if backend == "auto":
+        backend = "pil" if _pil_available() else "png"
+    if backend == "pil":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode.startswith("I"):  # 16/32-bit grey: keep the high byte, as read_png
+                arr = np.asarray(im).astype(np.int64) >> (8 if im.mode.startswith("I;16")
+                                                          or np.asarray(im).max() < 65536 else 24)
+                return _convert_channels(np.clip(arr, 0, 255).astype(np.uint8)[..., None],
+                                         channels)
+            if channels == 3:
+                im = im.convert("RGB")
+            elif channels == 1:
+                im = im.convert("L")
+            elif im.mode not in ("L", "RGB"):
+                im = im.convert("RGB" if im.mode in ("P", "RGBA", "CMYK", "YCbCr") else "L")
+            arr = np.asarray(im)
+        return arr[..., None] if arr.ndim == 2 else arr
+    if backend != "png":
+        raise ValueError(f"unknown backend={backend!r}; valid: 'auto', 'pil', 'png'")
+    if not path.lower().endswith(".png"):
+        raise ImportError(f"reading {path!r} needs Pillow (the built-in reader is PNG-only): "
+                          "`pip install Pillow`.")
+    return _convert_channels(read_png(path), channels)
+
+
+def _images_under(folder: Path, extensions: Sequence[str]) -> list[Path]:
+    ext = tuple(e.lower() for e in extensions)
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in ext
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+class ImageFolderSource:
+    """Images in a folder tree, optionally one sub-folder per class.
+
+    Layouts:
+
+    * ``root/<class>/.../*.png`` : labelled; classes are the sub-folders that contain images,
+      sorted by name, labelled 0, 1, ... in that order (as torchvision's ``ImageFolder``);
+    * ``root/*.png`` with no image sub-folders: unlabelled.
+
+    Files and folders whose name starts with ``.`` are skipped. Images are read on access
+    (Pillow when installed, else the built-in PNG reader; JPEG needs Pillow).
+
+    Args:
+        root: The folder.
+        channels: 3 (RGB, default), 1 (grey) or ``None`` (as stored, without alpha).
+        extensions: File suffixes to read (case-insensitive).
+        backend: Reader backend, see :func:`read_image`.
+
+    Attributes:
+        paths: The image files, in index order.
+        labels: ``int32`` labels or ``None``.
+        class_names: Sorted class folder names (label ``k`` is ``class_names[k]``), or ``[]``.
+        num_classes: ``len(class_names)`` or ``None``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or it holds no image.
+        ValueError: Images both at the top level and in class sub-folders.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        channels: int | None = 3,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        backend: str = "auto",
+    ):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"ImageFolderSource: root={os.fspath(root)!r} is not an "
+                                    f"existing folder")
+        ext = tuple(e.lower() for e in extensions)
+        top = sorted(p for p in self.root.iterdir()
+                     if p.is_file() and p.suffix.lower() in ext and not p.name.startswith("."))
+        classes = []
+        for d in sorted(p for p in self.root.iterdir()
+                        if p.is_dir() and not p.name.startswith(".")):
+            files = _images_under(d, ext)
+            if files:
+                classes.append((d.name, files))
+        if classes and top:
+            raise ValueError(
+                f"ImageFolderSource: root={os.fspath(root)!r} has images both at the top level "
+                f"({len(top)}) and in class sub-folders ({[c for c, _ in classes]}); use one layout"
+            )
+        if classes:
+            self.class_names = [c for c, _ in classes]
+            self.paths = [str(p) for _, files in classes for p in files]
+            self.labels = np.concatenate(
+                [np.full(len(files), k, np.int32) for k, (_, files) in enumerate(classes)])
+            self.num_classes = len(classes)
+        else:
+            self.class_names, self.labels, self.num_classes = [], None, None
+            self.paths = [str(p) for p in top]
+        if not self.paths:
+            raise FileNotFoundError(f"ImageFolderSource: no image files {list(ext)} under "
+                                    f"root={os.fspath(root)!r}")
+        self.channels, self.backend = channels, backend
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index) -> dict[str, Any]:
+        i = _as_index(index, len(self))
+        rec = {"image": read_image(self.paths[i], channels=self.channels, backend=self.backend)}
+        if self.labels is not None:
+            rec["label"] = self.labels[i]
+        return rec
+
+    def __repr__(self) -> str:
+        # No absolute path: grain checks repr(source) on resume, and data may move hosts.
+        return (f"ImageFolderSource(folder={self.root.name!r}, n={len(self)}, "
+                f"classes={self.class_names})")
+
+
+# --------------------------------------------------------------------------- latents
+
+
+class LatentsSource:
+    """Pre-extracted latents (e.g. VAE encodings) from ``.npy`` / ``.npz`` files.
+
+    ``.npz`` files hold ``latents_key`` (default ``'latents'``; a file with a single array
+    uses it whatever its name) and optionally ``labels_key`` (default ``'labels'``). ``.npy``
+    files hold latents only (memory-mapped when there is one file); labels may come from the
+    ``labels`` argument. Several files (a list, or a folder of ``*.npz`` / ``*.npy`` shards
+    in sorted order) are concatenated.
+
+    Records are ``{'image': float32 (h, w, c), 'label': int32}``: the key is ``'image'`` so
+    that latents flow through the same pipeline and losses as pixels. Normalise with
+    :func:`diffjax.data.preprocess.latent_channel_stats` (or :meth:`channel_stats`) and the
+    pipeline's ``NormalizeLatents`` transform.
+
+    Args:
+        path: A file, a folder of shards, or a list of files.
+        latents_key: Array name in ``.npz`` files.
+        labels_key: Labels' name in ``.npz`` files.
+        labels: Labels ``(N,)`` (array or ``.npy`` path) overriding those in the files.
+        channels_first: The stored latents are ``(N, C, h, w)`` (as PyTorch pipelines save
+            them); they are served channels-last.
+
+    Attributes:
+        latents: ``(N, h, w, c)`` channels-last array (a view when ``channels_first``).
+        labels: ``int32`` labels or ``None``.
+        num_classes: ``max(labels) + 1`` or ``None``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no ``.npy``/``.npz`` file.
+        KeyError: An ``.npz`` file lacks ``latents_key``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        latents_key: str = "latents",
+        labels_key: str = "labels",
+        labels: np.ndarray | str | os.PathLike | None = None,
+        channels_first: bool = False,
+    ):
+        if isinstance(path, str | os.PathLike):
+            p = Path(path).expanduser()
+            if p.is_dir():
+                files = sorted(q for q in p.iterdir() if q.suffix in (".npy", ".npz"))
+                if not files:
+                    raise FileNotFoundError(f"LatentsSource: no .npy/.npz files in "
+                                            f"path={os.fspath(path)!r}")
+            elif p.is_file():
+                files = [p]
+            else:
+                raise FileNotFoundError(f"LatentsSource: path={os.fspath(path)!r} does not exist")
+        else:
+            files = [Path(q).expanduser() for q in path]
+            for q in files:
+                if not q.is_file():
+                    raise FileNotFoundError(f"LatentsSource: file {os.fspath(q)!r} does not exist")
+        lats, labs = [], []
+        for f in files:
+            if f.suffix == ".npy":
+                lats.append(np.load(f, mmap_mode="r" if len(files) == 1 else None))
+                labs.append(None)
+            else:
+                with np.load(f) as z:
+                    if latents_key in z.files:
+                        lats.append(z[latents_key])
+                    elif len(z.files) == 1:
+                        lats.append(z[z.files[0]])
+                    else:
+                        raise KeyError(f"LatentsSource: {os.fspath(f)!r} has no array "
+                                       f"latents_key={latents_key!r} (arrays: {z.files})")
+                    labs.append(z[labels_key] if labels_key in z.files else None)
+        lat = lats[0] if len(lats) == 1 else np.concatenate(lats, axis=0)
+        self.latents = np.moveaxis(lat, 1, -1) if channels_first else lat
+        if labels is not None:
+            lab = np.load(labels) if isinstance(labels, str | os.PathLike) else labels
+        elif all(x is not None for x in labs):
+            lab = np.concatenate(labs)
+        else:
+            lab = None
+        self.labels = None if lab is None else np.asarray(lab).astype(np.int32).reshape(-1)
+        if self.labels is not None and self.labels.shape[0] != self.latents.shape[0]:
+            raise ValueError(f"LatentsSource: {self.latents.shape[0]} latents but "
+                             f"{self.labels.shape[0]} labels")
+        self.num_classes = None if self.labels is None else int(self.labels.max()) + 1
+        self.files = [str(f) for f in files]
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+    def __getitem__(self, index) -> dict[str, Any]:
+        i = _as_index(index, len(self))
+        rec = {"image": np.asarray(self.latents[i], np.float32)}
+        if self.labels is not None:
+            rec["label"] = self.labels[i]
+        return rec
+
+    def channel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``(mean, std)`` over ``(N, h, w)`` (see ``latent_channel_stats``)."""
+        from diffjax.data.preprocess import latent_channel_stats
+
+        return latent_channel_stats(self.latents)
+
+    def __repr__(self) -> str:
+        return (f"LatentsSource(n={len(self)}, latent_shape={self.latents.shape[1:]}, "
+                f"labels={self.labels is not None}, files={len(self.files)})")
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _embedded_split(name: str, split: str) -> None:
+    if split not in ("train", "all"):
+        raise ValueError(f"the embedded set {name!r} has a single split; use split='train' "
+                         f"(or 'all'), not split={split!r}")
+
+
+def _looks_like_path(s: str) -> bool:
+    return (s.startswith(("/", ".", "~")) or os.sep in s or "\\" in s
+            or s.lower().endswith((".npz", ".npy")))
+
+
+def get_source(name_or_path: str | os.PathLike, split: str = "train", **kwargs) -> DataSource:
+    """Builds a source from a data set name or a path (see the module docstring's table).
+
+    Args:
+        name_or_path: ``'digits'``, ``'faces'``, ``'toy:<name>'``, a TFDS name from
+            :data:`TFDS_NAMES` (``'lsun/<category>'`` style names included), ``'tfds:<name>'``,
+            an image folder, a latents folder, or a ``.npz`` / ``.npy`` file.
+        split: Split. TFDS: any TFDS split string. Embedded sets: ``'train'`` (everything).
+            Toy sets: ``'train'`` draws with ``seed``, any other split with ``seed + 1``.
+            Names are matched before paths: write ``'./mnist'`` for a folder called ``mnist``.
+        **kwargs: Passed on: ``TFDSSource`` (``data_dir``, ``image_key``, ``label_key``),
+            ``ImageFolderSource`` (``channels``, ``extensions``, ``backend``),
+            ``LatentsSource`` (``latents_key``, ``labels_key``, ``labels``,
+            ``channels_first``), toy sets (``num_samples`` default 100,000, ``seed`` default 0,
+            and the set's own keywords).
+
+    Returns:
+        A source.
+
+    Raises:
+        ValueError: Unknown name (the message lists the valid choices).
+        FileNotFoundError: A path that does not exist, or an unprepared TFDS data set.
+    """
+    from diffjax.data import embedded, toy
+
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if s == "digits":
+        _embedded_split(s, split)
+        return ArraySource(*embedded.load_digits(**kwargs))
+    if s == "faces":
+        _embedded_split(s, split)
+        return ArraySource(*embedded.load_faces(**kwargs))
+    if s.startswith("toy:"):
+        name = s[4:]
+        n = int(kwargs.pop("num_samples", 100_000))
+        seed = int(kwargs.pop("seed", 0)) + (0 if split == "train" else 1)
+        return ArraySource(toy.sample_toy(name, n, seed=seed, **kwargs))
+    if s.startswith("tfds:"):
+        return TFDSSource(s[5:], split, **kwargs)
+    if s.split("/")[0].split(":")[0] in TFDS_NAMES:
+        return TFDSSource(s, split, **kwargs)
+    if p.is_file():
+        if p.suffix not in (".npy", ".npz"):
+            raise ValueError(f"get_source: name_or_path={s!r} is a file, but only .npz/.npy "
+                             f"latent files (and folders) are sources")
+        return LatentsSource(p, **kwargs)
+    if p.is_dir():
+        entries = list(p.iterdir())
+        has_images = any(q.is_dir() or q.suffix.lower() in IMAGE_EXTENSIONS for q in entries)
+        if not has_images and any(q.suffix in (".npy", ".npz") for q in entries):
+            return LatentsSource(p, **kwargs)
+        return ImageFolderSource(p, **kwargs)
+    if _looks_like_path(s):
+        raise FileNotFoundError(f"get_source: name_or_path={s!r} looks like a path but does not "
+                                f"exist (expected an image folder, a latents folder or a "
+                                f".npz/.npy file)")
+    choices = (["digits", "faces"] + [f"toy:{n}" for n in toy.TOY_DATASETS] + list(TFDS_NAMES)
+               + ["lsun/<category>", "tfds:<any TFDS name>", "<image folder>",
+                  "<latents .npz/.npy or folder>"])
+    raise ValueError(f"get_source: unknown data set name_or_path={s!r}; valid choices: "
+                     f"{', '.join(choices)}")
