@@ -11,6 +11,7 @@ from diffjax import (
     integrate,
     likelihood,
     losses,
+    metrics,
     parameterization,
     processes,
     samplers,

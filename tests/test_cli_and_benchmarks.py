@@ -30,12 +30,25 @@ def test_demo_quick_writes_table_and_images(tmp_path):
         cli.main(["train"])
 
 
-def test_sampler_overhead_benchmark_tiny(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "sampler_overhead", ROOT / "experiments" / "benchmarks" / "sampler_overhead.py")
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up in sys.modules
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_model_presets_benchmark_tiny(tmp_path):
+    out = tmp_path / "models.md"
+    rows = _script("model_presets").main(["--tiny", "--out", str(out)])
+    by_name = {r[0]: r for r in rows}
+    unet = by_name["tiny UNet (8x8)"]
+    assert unet[1].params == 701_345 and unet[2] > 0 and unet[3] > 0  # timed forward and step
+    assert "| tiny DiT (8x8x4, patch 2) |" in out.read_text()
+
+
+def test_sampler_overhead_benchmark_tiny(tmp_path):
+    mod = _script("sampler_overhead")
     out = tmp_path / "table.md"
     res = mod.main(["--tiny", "--out", str(out)])
     assert res["retraces"] == 0

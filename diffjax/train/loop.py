@@ -67,11 +67,25 @@ def restore_or_init(checkpointer: Checkpointer | None, init_state: Callable[[], 
     return state
 
 
+def _progress(step, num_steps, m, width=24):
+    done = int(width * step / max(num_steps, 1))
+    return (f"[{'#' * done}{'.' * (width - done)}] step {step}/{num_steps}  loss {m['loss']:.5f}  "
+            f"{m['images_per_sec']:.0f} img/s  skipped {m['skipped']}")
+
+
 def fit(state, train_step: Callable, batches: Iterator, *, num_steps: int,
         to_device: Callable = lambda b: b, checkpointer: Checkpointer | None = None,
         loader=None, save_every: int = 1000, log_every: int = 100, workdir=None,
-        meta: dict | None = None, max_nonfinite: int = 20, log_fn: Callable | None = print):
-    """Train until ``state.step == num_steps`` (steps already done are not repeated)."""
+        meta: dict | None = None, max_nonfinite: int = 20, log_fn: Callable | None = print,
+        batch_size: int | None = None, writer=None, callback: Callable | None = None,
+        callback_every: int = 0):
+    """Train until ``state.step == num_steps`` (steps already done are not repeated).
+
+    Every ``log_every`` steps: a progress line (step, loss, images/s) through ``log_fn``, a JSON
+    line in ``workdir/metrics.jsonl`` and, with a ``writer``
+    (:class:`diffjax.utils.tensorboard.SummaryWriter`), TensorBoard scalars. Every
+    ``callback_every`` steps ``callback(state)`` runs (periodic sample grids).
+    """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0; got {num_steps}")
     log_path = Path(workdir) / "metrics.jsonl" if workdir is not None else None
@@ -103,15 +117,23 @@ def fit(state, train_step: Callable, batches: Iterator, *, num_steps: int,
                     f"{step}); updates were skipped, the last good state is checkpointed")
             if step % log_every == 0 or step == num_steps:
                 m = {k: float(np.asarray(v)) for k, v in metrics.items()}
-                m.update(step=step, skipped=int(state.skipped),
-                         steps_per_sec=log_every / max(time.perf_counter() - t0, 1e-9))
+                done = step % log_every or log_every
+                sps = done / max(time.perf_counter() - t0, 1e-9)
+                m.update(step=step, skipped=int(state.skipped), steps_per_sec=sps,
+                         images_per_sec=sps * (batch_size or 0))
                 t0 = time.perf_counter()
                 history.append(m)
                 if log_path is not None:
                     with log_path.open("a") as f:
                         f.write(json.dumps(m) + "\n")
+                if writer is not None:
+                    for k in ("loss", "grad_norm", "images_per_sec"):
+                        writer.scalar(f"train/{k}", m[k], step)
+                    writer.flush()
                 if log_fn is not None:
-                    log_fn(f"step {step}: loss {m['loss']:.5f} ({m['steps_per_sec']:.1f} steps/s)")
+                    log_fn(_progress(step, num_steps, m))
+            if callback is not None and callback_every and step % callback_every == 0:
+                callback(state)
             if step % save_every == 0 or step == num_steps:
                 save(force=step == num_steps)
             if guard.requested:

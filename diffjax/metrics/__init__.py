@@ -1,0 +1,37 @@
+"""Sample-quality metrics: FID / sFID / IS with the FID Inception, improved precision/recall,
+and metrics for low-dimensional toy data. Everything except :mod:`.inception` is numpy/scipy.
+
+The Inception network (Flax) is imported lazily: ``diffjax.metrics.inception`` or
+:func:`load_inception`.
+"""
+
+from diffjax.metrics import fid, precision_recall, toy
+from diffjax.metrics.fid import (
+    FeatureStatistics,
+    compute_statistics,
+    fid_from_features,
+    frechet_distance,
+    inception_score,
+    load_statistics,
+    reference_statistics,
+    save_statistics,
+)
+from diffjax.metrics.precision_recall import precision_recall as improved_precision_recall
+from diffjax.metrics.toy import energy_distance, exact_log_prob, exact_nll, mmd, sliced_wasserstein
+
+__all__ = [
+    "fid", "precision_recall", "toy", "inception",
+    "FeatureStatistics", "compute_statistics", "fid_from_features", "frechet_distance",
+    "inception_score", "load_statistics", "reference_statistics", "save_statistics",
+    "improved_precision_recall", "energy_distance", "exact_log_prob", "exact_nll", "mmd",
+    "sliced_wasserstein", "load_inception",
+]
+
+
+def __getattr__(name):
+    if name in ("inception", "load_inception"):
+        import importlib
+
+        mod = importlib.import_module("diffjax.metrics.inception")  # sets the attribute
+        return mod if name == "inception" else mod.load_inception
+    raise AttributeError(f"module 'diffjax.metrics' has no attribute {name!r}")
