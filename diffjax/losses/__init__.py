@@ -11,9 +11,12 @@ loss-specific terms). Modules:
   ``L_simple``, DDIM, NCSN, score SDE, EDM, flow matching / SiT).
 * :mod:`.vlb`: the DDPM variational bound in bits/dim (KL, discretised decoder, prior, full
   loop) and iDDPM's ``L_hybrid`` / ``L_vlb``.
+* Few-step methods: :mod:`.consistency` (CD / CT), :mod:`.shortcut`, :mod:`.imm` and
+  :mod:`.model_guidance` (diffusion without CFG).
 """
 
-from diffjax.losses import diffusion, timesteps, vlb
+from diffjax.losses import consistency, diffusion, imm, model_guidance, shortcut, timesteps, vlb
+from diffjax.losses.consistency import cd_target, consistency_loss, ct_schedule, ct_target
 from diffjax.losses.diffusion import (
     PIXEL_REDUCTIONS,
     ddim_loss,
@@ -30,6 +33,9 @@ from diffjax.losses.diffusion import (
     score_sde_loss,
     sigma_power_weighting,
 )
+from diffjax.losses.imm import imm_loss
+from diffjax.losses.model_guidance import mg_loss, mg_targets
+from diffjax.losses.shortcut import shortcut_loss, shortcut_targets
 from diffjax.losses.timesteps import (
     LossSecondMomentResampler,
     ResamplerState,
@@ -58,45 +64,4 @@ from diffjax.losses.vlb import (
     vlb_loss,
 )
 
-__all__ = [
-    "diffusion",
-    "timesteps",
-    "vlb",
-    "PIXEL_REDUCTIONS",
-    "TimeSample",
-    "ResamplerState",
-    "LossSecondMomentResampler",
-    "uniform_discrete",
-    "antithetic_discrete",
-    "uniform_continuous",
-    "edm_lognormal",
-    "log_uniform_sigma",
-    "logit_normal",
-    "ncsn_levels",
-    "reduce_pixels",
-    "draw_noised",
-    "denoising_loss",
-    "sigma_power_weighting",
-    "diffusion_sq_weighting",
-    "edm_lambda",
-    "edm_weighting",
-    "ddpm_loss",
-    "ddim_loss",
-    "ncsn_loss",
-    "score_sde_loss",
-    "edm_loss",
-    "flow_matching_loss",
-    "normal_kl",
-    "approx_standard_normal_cdf",
-    "discretized_gaussian_log_likelihood",
-    "gaussian_log_likelihood",
-    "ddpm_tables",
-    "q_posterior",
-    "learned_range_log_variance",
-    "p_mean_variance",
-    "vb_terms_bpd",
-    "prior_bpd",
-    "calc_bpd_loop",
-    "hybrid_loss",
-    "vlb_loss",
-]
+__all__ = sorted(n for n in dir() if not n.startswith("_"))  # every name imported above

@@ -5,7 +5,8 @@ The Inception network (Flax) is imported lazily: ``diffjax.metrics.inception`` o
 :func:`load_inception`.
 """
 
-from diffjax.metrics import fid, precision_recall, toy
+from diffjax.metrics import classifier_score, fid, precision_recall, toy
+from diffjax.metrics.classifier_score import fit_classifier
 from diffjax.metrics.fid import (
     FeatureStatistics,
     compute_statistics,
@@ -20,7 +21,7 @@ from diffjax.metrics.precision_recall import precision_recall as improved_precis
 from diffjax.metrics.toy import energy_distance, exact_log_prob, exact_nll, mmd, sliced_wasserstein
 
 __all__ = [
-    "fid", "precision_recall", "toy", "inception",
+    "classifier_score", "fid", "precision_recall", "toy", "inception", "fit_classifier",
     "FeatureStatistics", "compute_statistics", "fid_from_features", "frechet_distance",
     "inception_score", "load_statistics", "reference_statistics", "save_statistics",
     "improved_precision_recall", "energy_distance", "exact_log_prob", "exact_nll", "mmd",

@@ -1,5 +1,6 @@
 """Samplers: one scan driver (:func:`sample`) and small step objects, one module per family."""
 
+from diffjax.samplers import few_step
 from diffjax.samplers.ddim import DDIM, ddim_invert
 from diffjax.samplers.ddpm import DDPMAncestral, posterior
 from diffjax.samplers.driver import (
@@ -12,6 +13,12 @@ from diffjax.samplers.driver import (
     trace_count,
 )
 from diffjax.samplers.edm import EDMStochastic, EulerAncestral
+from diffjax.samplers.few_step import (
+    consistency_onestep,
+    imm_pushforward_sample,
+    shortcut_sample,
+    stochastic_iterative_sampler,
+)
 from diffjax.samplers.langevin import AnnealedLangevin
 from diffjax.samplers.ode import RK4, DPMSolverPP2M, Euler, Heun
 from diffjax.samplers.sde import (

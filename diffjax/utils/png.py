@@ -46,12 +46,17 @@ def density_image(points, size: int = 256, lim: float = 1.2) -> np.ndarray:
     return h / max(h.max(), 1e-12)
 
 
-def image_grid(images, ncols: int | None = None, pad: int = 1, value_range=(-1.0, 1.0)) -> np.ndarray:
+def image_grid(images, ncols: int | None = None, pad: int = 1, value_range=(-1.0, 1.0),
+               zoom: int | None = None) -> np.ndarray:
     """Tile ``(N, H, W, C)`` images (C = 1 or 3, values in ``value_range``) into one image in
-    [0, 1] with ``pad`` pixels of white between tiles."""
+    [0, 1] with ``pad`` pixels of white between tiles; small images are enlarged ``zoom``
+    times by pixel repetition (default: to at least 32 pixels)."""
     x = np.asarray(images, np.float32)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"images must be (N, H, W, 1 or 3); got shape {x.shape}")
+    zoom = zoom or max(1, 32 // max(x.shape[1], 1))
+    if zoom > 1:
+        x = x.repeat(zoom, axis=1).repeat(zoom, axis=2)
     lo, hi = value_range
     x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     n, h, w, c = x.shape

@@ -1,0 +1,291 @@
+"""Consistency distillation (CD) and consistency training (CT) (Song et al. 2023, arXiv 2303.01469).
+
+Conventions. Consistency models live on EDM's process ``x_sigma = x + sigma z``
+(:class:`diffjax.processes.EDM`, ``sigma = sigma_max * t``): every model here is called with
+diffjax time ``t = sigma / sigma_max``. The consistency function ``f(x, t)`` is an ``'x0'``
+model, normally a :class:`diffjax.parameterization.ConsistencyPrecond` (boundary condition
+``f(x, sigma_min) = x``, paper eq. 3 / appendix C; reference
+``cm/karras_diffusion.py :: get_scalings_for_boundary_condition``).
+
+Parameters are explicit because the target network differs from the online one:
+``apply_fn(params, x, t, cond, dropout_key) -> f`` is evaluated with ``params`` (online,
+gradient flows) and ``target_params`` (EMA ``theta^-``, stop-gradient) using the **same**
+dropout key, as the reference restores the torch RNG state between the two calls
+(``KarrasDenoiser.consistency_losses``). ``target_params=None`` means ``theta^- = theta``
+(CIFAR-10 CD, spec Appendix B #2).
+
+Reference-code semantics followed where it differs from the paper (spec Appendix B #1): the
+CT EMA rate is ``mu(k) = exp(s0 log mu0 / n(k))`` with ``n(k) = N(k) - 1``
+(``cm/script_util.py :: create_ema_and_scales_fn``), so ``mu(0) = mu0^2``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.losses.diffusion import as_batch, bcast
+from diffjax.processes import EDM
+
+Array = Any
+
+__all__ = [
+    "ct_schedule",
+    "cm_sigma",
+    "teacher_step",
+    "cd_target",
+    "ct_target",
+    "consistency_weighting",
+    "pseudo_huber",
+    "lpips_preprocess",
+    "consistency_distance",
+    "consistency_loss",
+    "ema_update",
+]
+
+TEACHER_SOLVERS = ("heun", "euler", "ddim")
+METRICS = ("l2", "l1", "pseudo_huber")
+WEIGHTINGS = ("uniform", "snr", "snr+1", "karras", "truncated-snr")
+
+
+def ct_schedule(step: int, total_steps: int, start_scales: int = 2, end_scales: int = 150,
+                start_ema: float = 0.9) -> tuple[float, int]:
+    """CT's adaptive schedule ``(mu(k), N(k))`` (Song et al. 2023, appendix C, "progressive").
+
+    ``n(k) = max(1, ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1))``, ``N(k) = n(k) + 1``,
+    ``mu(k) = exp(s0 log(mu0) / n(k))`` -- the reference divides by ``n(k) = N(k) - 1``
+    (``cm/script_util.py :: create_ema_and_scales_fn``, ``progressive`` branch; spec
+    Appendix B #1), not by ``N(k)`` as the paper writes. Host-side float64.
+
+    Args:
+      step: current optimisation step ``k >= 0``.
+      total_steps: ``K > 0``.
+      start_scales, end_scales: ``s0``, ``s1`` (CIFAR-10: 2, 150; ImageNet-64: 2, 200).
+      start_ema: ``mu0`` (CIFAR-10: 0.9; ImageNet-64: 0.95).
+
+    Returns:
+      ``(mu, N)``: the target EMA rate and the number of discretisation points.
+    """
+    if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1; got {total_steps!r}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step!r}")
+    if not 0.0 < start_ema < 1.0:
+        raise ValueError(f"start_ema must lie in (0, 1); got {start_ema!r}")
+    s0, s1 = float(start_scales), float(end_scales)
+    n = math.ceil(math.sqrt(step / total_steps * ((s1 + 1.0) ** 2 - s0**2) + s0**2) - 1.0)
+    n = max(n, 1)
+    mu = math.exp(s0 * math.log(start_ema) / n)
+    return mu, n + 1
+
+
+def cm_sigma(i: Array, num_scales: Array, sigma_min: float = 0.002, sigma_max: float = 80.0,
+             rho: float = 7.0) -> Array:
+    """Karras discretisation point ``sigma_i`` (index 0 = ``sigma_max``), paper eq. 5 /
+    ``karras_diffusion.py :: consistency_losses``; ``i`` and ``num_scales`` may be traced.
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``.
+    Same values as :func:`diffjax.grids.karras_sigmas` (without the appended zero).
+    """
+    i = jnp.asarray(i)
+    i = i if jnp.issubdtype(i.dtype, jnp.floating) else i.astype(jnp.result_type(float))
+    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (a + i / (jnp.asarray(num_scales, i.dtype) - 1) * (b - a)) ** rho
+
+
+def _check_edm(process):
+    if not isinstance(process, EDM):
+        raise ValueError(
+            f"process must be diffjax.processes.EDM (consistency models use x + sigma z); "
+            f"got {type(process).__name__}"
+        )
+
+
+def teacher_step(teacher: Callable, x: Array, sigma: Array, sigma_next: Array, *,
+                 process: EDM | None = None, solver: str = "heun", cond: Any = None) -> Array:
+    """One step of the teacher's probability-flow ODE from ``sigma`` down to ``sigma_next``.
+
+    ``teacher(x, t, cond)`` is any diffjax ``'x0'`` model on the EDM process (``t = sigma /
+    sigma_max``), e.g. :class:`~diffjax.parameterization.EDMPrecond` or an exact
+    :mod:`diffjax.analytic` denoiser. ``d(x, s) = (x - D(x, s)) / s``;
+
+    * ``'euler'``: ``x + (s' - s) d(x, s)``;
+    * ``'heun'``: Euler, then ``x + (s' - s) (d(x, s) + d(x', s')) / 2`` (paper eq. 7,
+      ``karras_diffusion.py :: heun_solver``);
+    * ``'ddim'``: ``D + s' (x - D) / s`` (``ddim_solver``; equal to Euler on this process).
+
+    Per-example ``sigma``/``sigma_next`` of shape ``(B,)``; dtype is preserved (float64 in
+    tests under ``jax.enable_x64``).
+    """
+    process = EDM() if process is None else process
+    _check_edm(process)
+    if solver not in TEACHER_SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {TEACHER_SOLVERS}")
+    sb, snb = bcast(sigma, x), bcast(sigma_next, x)
+    denoised = teacher(x, sigma / process.sigma_max, cond)
+    if solver == "ddim":
+        return denoised + snb * (x - denoised) / sb
+    d = (x - denoised) / sb
+    x_e = x + (snb - sb) * d
+    if solver == "euler":
+        return x_e
+    d2 = (x_e - teacher(x_e, sigma_next / process.sigma_max, cond)) / snb
+    return x + (snb - sb) * 0.5 * (d + d2)
+
+
+def cd_target(teacher: Callable, x_t: Array, sigma: Array, sigma_next: Array, *,
+              process: EDM | None = None, solver: str = "heun", cond: Any = None) -> Array:
+    """CD's target point ``x_{t_n}^phi``: the teacher's one-step ODE solution (paper eq. 7).
+
+    The loss then evaluates ``stopgrad(f_{theta^-}(x_{t_n}^phi, t_n))`` at it. This is
+    :func:`teacher_step` under stop-gradient (the teacher is never trained).
+    """
+    return jax.lax.stop_gradient(
+        teacher_step(teacher, x_t, sigma, sigma_next, process=process, solver=solver, cond=cond))
+
+
+def ct_target(x0: Array, z: Array, sigma_next: Array) -> Array:
+    """CT's target point ``x + t_n z`` (paper Alg. 3): the Euler step from ``x + t_{n+1} z``
+    with the one-sample denoiser ``x`` (reference ``dsm_target`` / ``euler_solver`` with
+    ``x_start``)."""
+    return x0 + bcast(sigma_next, x0) * z
+
+
+def consistency_weighting(sigma: Array, schedule: str = "uniform", sigma_data: float = 0.5):
+    """``lambda(t_{n+1})`` (reference ``karras_diffusion.py :: get_weightings``), at the
+    higher noise level; every released recipe uses ``'uniform'``."""
+    snr = sigma**-2.0
+    if schedule == "uniform":
+        return jnp.ones_like(sigma)
+    if schedule == "snr":
+        return snr
+    if schedule == "snr+1":
+        return snr + 1.0
+    if schedule == "karras":
+        return snr + 1.0 / sigma_data**2
+    if schedule == "truncated-snr":
+        return jnp.maximum(snr, 1.0)
+    raise ValueError(f"unknown weighting {schedule!r}; expected one of {WEIGHTINGS}")
+
+
+def pseudo_huber(a: Array, b: Array, c: float | None = None) -> Array:
+    """Pseudo-Huber distance ``sqrt(||a - b||^2 + c^2) - c`` per example (iCT, Song & Dhariwal
+    2023, eq. 11); default ``c = 0.00054 sqrt(D)``."""
+    diff = (a - b).reshape(a.shape[0], -1)
+    if c is None:
+        c = 0.00054 * math.sqrt(diff.shape[1])
+    return jnp.sqrt(jnp.sum(diff**2, axis=1) + c**2) - c
+
+
+def lpips_preprocess(x: Array, size: int = 224) -> Array:
+    """The reference's LPIPS input transform: ``(x + 1) / 2``, bilinearly resized to
+    ``size`` when the resolution is below 256 (``consistency_losses``). ``x``: ``(B, H, W, C)``."""
+    x = (x + 1.0) / 2.0
+    if x.ndim == 4 and x.shape[1] < 256:
+        x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method="bilinear")
+    return x
+
+
+def consistency_distance(a: Array, b: Array, metric: str | Callable = "l2") -> Array:
+    """``d(a, b)`` per example: ``'l2'`` mean square, ``'l1'`` mean absolute (reference
+    ``mean_flat``), ``'pseudo_huber'`` or a callable ``metric(a, b) -> (B,)`` (e.g. LPIPS
+    applied to :func:`lpips_preprocess` outputs)."""
+    if callable(metric):
+        out = metric(a, b)
+        if jnp.shape(out) != (a.shape[0],):
+            raise ValueError(f"metric callable must return shape ({a.shape[0]},); got "
+                             f"{jnp.shape(out)}")
+        return out
+    axes = tuple(range(1, a.ndim))
+    if metric == "l2":
+        return jnp.mean((a - b) ** 2, axis=axes)
+    if metric == "l1":
+        return jnp.mean(jnp.abs(a - b), axis=axes)
+    if metric == "pseudo_huber":
+        return pseudo_huber(a, b)
+    raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS} or a callable")
+
+
+def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: Array, x0: Array,
+                     *, process: EDM | None = None, num_scales: int | Array = 18,
+                     mode: str = "cd", teacher: Callable | None = None,
+                     solver: str = "heun", metric: str | Callable = "l2",
+                     weighting: str = "uniform", sigma_data: float = 0.5,
+                     cond: Any = None) -> tuple[Array, dict]:
+    """Consistency distillation / training loss (Song et al. 2023, Alg. 2 and 3, eq. 7/10;
+    reference ``cm/karras_diffusion.py :: KarrasDenoiser.consistency_losses``).
+
+    Per example: ``n ~ U{0, ..., N-2}``, ``t = sigma_n`` (higher noise), ``t2 = sigma_{n+1}``,
+    ``x_t = x + t z``; online ``F1 = f_theta(x_t, t)``; target point ``x_t2`` from the teacher
+    (``'cd'``, :func:`cd_target`) or ``x + t2 z`` (``'ct'``, :func:`ct_target`);
+    ``F2 = stopgrad(f_{theta^-}(x_t2, t2))`` with the same dropout key;
+    loss ``lambda(t) d(F1, F2)``.
+
+    Args:
+      apply_fn: ``apply_fn(params, x, t, cond, dropout_key) -> f`` (diffjax time
+        ``t = sigma / sigma_max``; an ``'x0'`` model with the boundary condition).
+      params: online parameters (differentiate w.r.t. these).
+      target_params: EMA target ``theta^-``; ``None`` uses ``params`` (CIFAR-10 CD).
+      key: PRNG key (split into index, noise and dropout keys).
+      x0: data ``(B, ...)``.
+      process: :class:`~diffjax.processes.EDM` (its ``sigma_min``, ``sigma_max``, ``rho``).
+      num_scales: ``N`` (may be a traced integer, so CT's schedule never recompiles).
+      mode: ``'cd'`` or ``'ct'``.
+      teacher: ``'x0'`` model ``teacher(x, t, cond)`` on ``process``; required for CD.
+      solver: ``'heun'`` (default), ``'euler'`` or ``'ddim'``.
+      metric: ``'l2'``, ``'l1'``, ``'pseudo_huber'`` or a callable (LPIPS hook).
+      weighting: ``lambda`` (``'uniform'`` in all released recipes).
+      sigma_data: for the ``'karras'`` weighting.
+      cond: conditioning passed to all networks.
+
+    Returns:
+      ``(loss (B,), aux)`` with ``aux``: ``t``, ``index``, ``sigma``, ``sigma_next``,
+      ``weight``, ``unweighted``.
+    """
+    process = EDM() if process is None else process
+    _check_edm(process)
+    x0 = as_batch(x0)
+    if mode not in ("cd", "ct"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'cd' or 'ct'")
+    if mode == "cd" and teacher is None:
+        raise ValueError("teacher is required for mode='cd'")
+    if isinstance(num_scales, (int, np.integer)) and num_scales < 2:
+        raise ValueError(f"num_scales must be >= 2; got {num_scales!r}")
+    if solver not in TEACHER_SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {TEACHER_SOLVERS}")
+    if not callable(metric) and metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS} or a callable")
+    consistency_weighting(jnp.ones(()), weighting)  # validates the name
+    if target_params is None:
+        target_params = params
+    B = x0.shape[0]
+    k_idx, k_z, k_drop = jax.random.split(key, 3)
+    n = jax.random.randint(k_idx, (B,), 0, jnp.asarray(num_scales) - 1)
+    smin, smax, rho = process.sigma_min, process.sigma_max, process.rho
+    sigma = cm_sigma(n, num_scales, smin, smax, rho).astype(x0.dtype)
+    sigma_next = cm_sigma(n + 1, num_scales, smin, smax, rho).astype(x0.dtype)
+    z = jax.random.normal(k_z, x0.shape, x0.dtype)
+    x_t = x0 + bcast(sigma, x0) * z
+    f1 = apply_fn(params, x_t, sigma / smax, cond, k_drop)
+    if mode == "cd":
+        x_t2 = cd_target(teacher, x_t, sigma, sigma_next, process=process, solver=solver,
+                         cond=cond)
+    else:
+        x_t2 = ct_target(x0, z, sigma_next)
+    f2 = jax.lax.stop_gradient(
+        apply_fn(jax.lax.stop_gradient(target_params), x_t2, sigma_next / smax, cond, k_drop))
+    dist = consistency_distance(f1, f2, metric)
+    w = consistency_weighting(sigma, weighting, sigma_data)
+    aux = {"t": sigma / smax, "index": n, "sigma": sigma, "sigma_next": sigma_next,
+           "weight": w, "unweighted": dist}
+    return w * dist, aux
+
+
+def ema_update(target_params: Any, params: Any, mu: float | Array) -> Any:
+    """``theta^- <- mu theta^- + (1 - mu) theta`` (after each optimizer step; paper Alg. 2)."""
+    return jax.tree_util.tree_map(lambda a, b: mu * a + (1.0 - mu) * b, target_params, params)

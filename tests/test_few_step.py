@@ -1,0 +1,530 @@
+"""Consistency models, shortcut models, IMM and model guidance: spec_modern.md §2c, §3c, §4c, §8c.
+
+Closed-form oracles only (Gaussian data); no training. Tolerances are stated next to each
+check: float64 reproductions of the spec's [computed] numbers, float32 identities at a few
+ulps, Monte-Carlo moments at 4-5 standard errors.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffjax as dj
+from diffjax.losses import consistency as cm
+from diffjax.losses import imm
+from diffjax.losses import model_guidance as mg
+from diffjax.losses import shortcut as sc
+from diffjax.parameterization import ConsistencyPrecond, consistency_coeffs, convert
+from diffjax.processes import EDM, Linear
+from diffjax.samplers import few_step
+
+S = 0.5  # data std of the Gaussian oracle (x ~ N(0, 0.25))
+SMIN, SMAX = 0.002, 80.0
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny MLP used for differentiability checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _mlp_init(key, d_in, d_out, width=16):
+    k1, k2 = jax.random.split(key)
+    return {"w1": 0.3 * jax.random.normal(k1, (d_in, width)), "b1": jnp.zeros((width,)),
+            "w2": 0.3 * jax.random.normal(k2, (width, d_out)), "b2": jnp.zeros((d_out,))}
+
+
+def _mlp(p, h):
+    return jnp.tanh(h @ p["w1"] + p["b1"][None]) @ p["w2"] + p["b2"][None]
+
+
+def _finite_grads(g):
+    return all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(g))
+
+
+# ---------------------------------------------------------------------------------------------
+# §2 consistency models
+# ---------------------------------------------------------------------------------------------
+
+
+def test_boundary_condition_and_coefficients():
+    # spec §2c.1: exact at sigma_min; [computed] values at sigma_max (float32: rtol 1e-5)
+    c_skip, c_out, _, _ = consistency_coeffs(jnp.float32(SMIN))
+    assert float(c_skip) == 1.0 and float(c_out) == 0.0
+    c_skip, c_out, _, _ = consistency_coeffs(jnp.float32(SMAX))
+    np.testing.assert_allclose([c_skip, c_out], [3.906e-5, 0.499978], rtol=1e-3)
+    net = lambda x, c, cond: 7.0 + 3.0 * x  # any raw network
+    f = ConsistencyPrecond(net, EDM())
+    x = jax.random.normal(jax.random.key(0), (4, 3))
+    np.testing.assert_array_equal(f(x, jnp.full((4,), SMIN / SMAX), None), x)
+
+
+@pytest.mark.parametrize("setting, vectors", [
+    ((800_000, 2, 150, 0.9), [(0, 0.81, 2), (1000, 0.958732, 6), (100_000, 0.996032, 54),
+                              (400_000, 0.998014, 107), (800_000, 0.998596, 151)]),
+    ((800_000, 2, 200, 0.95), [(0, 0.9025, 2), (1000, 0.985452, 8), (100_000, 0.998556, 72),
+                               (400_000, 0.999278, 143), (800_000, 0.999487, 201)]),
+])
+def test_ct_schedule_vectors(setting, vectors):
+    # spec §2c.2 (code semantics, mu divides by N - 1); the spec prints 6 decimals
+    K, s0, s1, mu0 = setting
+    for k, mu, n in vectors:
+        got_mu, got_n = cm.ct_schedule(k, K, s0, s1, mu0)
+        assert got_n == n
+        assert abs(got_mu - mu) <= 6e-7
+
+
+def _f_star(x, sigma):
+    return x * jnp.sqrt(S**2 + SMIN**2) / jnp.sqrt(S**2 + sigma**2)
+
+
+def _numpy_cd_errors(N):
+    i = np.arange(N) / (N - 1)
+    a, b = SMAX ** (1 / 7), SMIN ** (1 / 7)
+    sg = (a + i * (b - a)) ** 7
+    t, t2 = sg[:-1], sg[1:]
+    D = lambda x, s: S**2 * x / (S**2 + s**2)
+    x = np.ones_like(t)
+    d = (x - D(x, t)) / t
+    xe = x + (t2 - t) * d
+    x2 = x + (t2 - t) * 0.5 * (d + (xe - D(xe, t2)) / t2)
+    fs = lambda x, s: x * np.sqrt(S**2 + SMIN**2) / np.sqrt(S**2 + s**2)
+    return np.max(np.abs(fs(x2, t2) - fs(x, t)) / np.abs(fs(x, t)))
+
+
+@pytest.mark.parametrize("N, spec_err", [(18, 2.0e-2), (40, 1.6e-3), (80, 2.0e-4), (160, 2.4e-5)])
+def test_cd_target_gaussian_oracle(N, spec_err):
+    """spec §2c.3. The relative error is a difference of nearly equal numbers (2e-5 at N=160),
+    so float32 cannot resolve it to 1e-6 of itself: the reproduction runs in float64
+    (``jax.enable_x64``) against an independent numpy float64 computation (rtol 1e-6), and
+    against the spec's 2-significant-digit values (rtol 2.5%: their rounding is <= 1.8%)."""
+    with jax.enable_x64(True):
+        teacher = lambda x, t, cond: S**2 * x / (S**2 + (SMAX * t[:, None]) ** 2)
+        n = jnp.arange(N - 1)
+        sig, sig2 = cm.cm_sigma(n, N), cm.cm_sigma(n + 1, N)
+        assert sig.dtype == jnp.float64
+        x = jnp.ones((N - 1, 1), jnp.float64)
+        x2 = cm.cd_target(teacher, x, sig, sig2, process=EDM(), solver="heun")
+        err = jnp.abs(_f_star(x2, sig2[:, None]) - _f_star(x, sig[:, None])) / jnp.abs(
+            _f_star(x, sig[:, None]))
+        err = float(jnp.max(err))
+    np.testing.assert_allclose(err, _numpy_cd_errors(N), rtol=1e-6)
+    np.testing.assert_allclose(err, spec_err, rtol=0.025)
+    # the same through the float32 library oracle (analytic.Gaussian on the EDM process):
+    # float32 resolves the error only to ~1e-7 absolute
+    g = dj.analytic.Gaussian.create([0.0], [[S**2]], EDM())
+    n = jnp.arange(N - 1)
+    sig, sig2 = cm.cm_sigma(n, N), cm.cm_sigma(n + 1, N)
+    x = jnp.ones((N - 1, 1))
+    x2 = cm.cd_target(g, x, sig, sig2, process=EDM())
+    err32 = float(jnp.max(jnp.abs(_f_star(x2, sig2[:, None]) / _f_star(x, sig[:, None]) - 1)))
+    assert abs(err32 - err) <= 2e-6 + 1e-3 * err
+
+
+def test_cd_loss_with_exact_f_is_below_squared_error_and_ct_target():
+    N = 18
+    g = dj.analytic.Gaussian.create([0.0], [[S**2]], EDM())
+    apply = lambda p, x, t, cond, k: _f_star(x, SMAX * t[:, None])
+    x0 = S * jax.random.normal(jax.random.key(1), (512, 1))
+    loss, aux = cm.consistency_loss(apply, None, None, jax.random.key(2), x0, num_scales=N,
+                                    teacher=g, mode="cd", metric="l2")
+    # |F2 - F1| <= err_max |F1| row-wise and F1 = f*(x_t, t) ~ N(0, s^2 + s_min^2), so the mean
+    # loss is <= err_max^2 E[F1^2] = (2.0e-2)^2 * 0.25 (30% margin for the MC average)
+    assert loss.shape == (512,) and float(jnp.mean(loss)) <= 1.3 * 2.0e-2**2 * S**2
+    assert float(jnp.mean(loss)) > 0.0
+    # CT target is x + t2 z
+    z = jax.random.normal(jax.random.key(3), x0.shape)
+    np.testing.assert_allclose(cm.ct_target(x0, z, jnp.full((512,), 0.3)), x0 + 0.3 * z)
+    # Euler and DDIM coincide on the EDM process
+    sig, sig2 = jnp.full((512,), 5.0), jnp.full((512,), 2.0)
+    e = cm.teacher_step(g, x0 + 5.0, sig, sig2, solver="euler")
+    d = cm.teacher_step(g, x0 + 5.0, sig, sig2, solver="ddim")
+    np.testing.assert_allclose(e, d, rtol=1e-5, atol=1e-5)
+
+
+def test_same_dropout_key_and_ema_target():
+    seen = []
+
+    def apply(p, x, t, cond, k):
+        seen.append((p, k))
+        return p * x
+
+    x0 = jnp.ones((8, 2))
+    cm.consistency_loss(apply, 2.0, 3.0, jax.random.key(0), x0, mode="ct", num_scales=10)
+    (p1, k1), (p2, k2) = seen
+    assert float(p1) == 2.0 and float(p2) == 3.0
+    np.testing.assert_array_equal(jax.random.key_data(k1), jax.random.key_data(k2))
+
+
+@pytest.mark.parametrize("mode, metric", [("cd", "l2"), ("ct", "l1"), ("ct", "pseudo_huber"),
+                                          ("cd", "lpips_like")])
+def test_consistency_loss_differentiable(mode, metric):
+    params = _mlp_init(jax.random.key(0), 3, 2)
+    net = lambda x, c, cond, p: _mlp(p, jnp.concatenate([x, c[:, None]], axis=1))
+
+    def apply(p, x, t, cond, k):
+        return ConsistencyPrecond(functools.partial(net, p=p), EDM())(x, t, cond)
+
+    if metric == "lpips_like":  # a metric hook: distance in a fixed feature space
+        metric = lambda a, b: jnp.sum((jnp.tanh(a) - jnp.tanh(b)) ** 2, axis=1)
+    teacher = dj.analytic.Gaussian.create([0.0, 0.0], np.eye(2) * S**2, EDM())
+    x0 = S * jax.random.normal(jax.random.key(1), (16, 2))
+    ema = jax.tree_util.tree_map(lambda v: 0.9 * v, params)
+
+    def obj(p):
+        return jnp.mean(cm.consistency_loss(apply, p, ema, jax.random.key(2), x0, mode=mode,
+                                            teacher=teacher, metric=metric,
+                                            num_scales=jnp.int32(18))[0])
+
+    v, g = jax.jit(jax.value_and_grad(obj))(params)
+    assert np.isfinite(float(v)) and _finite_grads(g)
+
+
+def test_consistency_bad_inputs():
+    apply = lambda p, x, t, cond, k: x
+    x0 = jnp.ones((4, 2))
+    with pytest.raises(ValueError, match="mode"):
+        cm.consistency_loss(apply, None, None, jax.random.key(0), x0, mode="xx")
+    with pytest.raises(ValueError, match="teacher"):
+        cm.consistency_loss(apply, None, None, jax.random.key(0), x0, mode="cd")
+    with pytest.raises(ValueError, match="process"):
+        cm.consistency_loss(apply, None, None, jax.random.key(0), x0, mode="ct", process=Linear())
+    with pytest.raises(ValueError, match="num_scales"):
+        cm.consistency_loss(apply, None, None, jax.random.key(0), x0, mode="ct", num_scales=1)
+    with pytest.raises(ValueError, match="metric"):
+        cm.consistency_loss(apply, None, None, jax.random.key(0), x0, mode="ct", metric="l3")
+    with pytest.raises(ValueError, match="solver"):
+        cm.teacher_step(apply, x0, jnp.ones(4), jnp.ones(4), solver="rk4")
+    with pytest.raises(ValueError, match="x0"):
+        cm.consistency_loss(apply, None, None, jax.random.key(0), jnp.ones(4), mode="ct")
+    with pytest.raises(ValueError, match="total_steps"):
+        cm.ct_schedule(0, 0)
+    with pytest.raises(ValueError, match="ts"):
+        few_step.stochastic_iterative_sampler(apply, jax.random.key(0), (2, 1), [5, 3], 40)
+
+
+def test_consistency_sampling_with_exact_f():
+    # one step with f* maps sigma_max z to N(0, s^2 + s_min^2) * s_max^2/(s^2 + s_max^2):
+    # std 0.499990 (== 0.5 to 1e-5); MC error of std at n=100k: 0.5/sqrt(2n) = 1.1e-3
+    model = lambda x, t, cond: _f_star(x, SMAX * t[:, None])
+    n = 100_000
+    x = few_step.consistency_onestep(model, jax.random.key(0), (n, 1), clip=False)
+    assert abs(float(jnp.mean(x))) < 5 * S / np.sqrt(n)
+    assert abs(float(jnp.std(x)) - S) < 5 * S / np.sqrt(2 * n)
+    # multistep [0, 22, 39] of 40 (ImageNet CD): exact std sqrt(s^2 + s_min^2)
+    x = few_step.stochastic_iterative_sampler(model, jax.random.key(1), (n, 1), [0, 22, 39], 40,
+                                              clip=False)
+    assert abs(float(jnp.std(x)) - S) < 5 * S / np.sqrt(2 * n)
+    xc = few_step.consistency_onestep(model, jax.random.key(0), (64, 1))
+    assert float(jnp.max(jnp.abs(xc))) <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# §3 shortcut models (paper time: t = 0 noise, t = 1 data)
+# ---------------------------------------------------------------------------------------------
+
+
+def _sig_sc(t):
+    return jnp.sqrt((1.0 - t) ** 2 + t**2 * S**2)
+
+
+def _s_star(x, t, level):
+    """Exact shortcut of N(0, s^2) data on the linear path (spec §3c.1)."""
+    d = 2.0 ** (-level.astype(x.dtype))
+    t, d = t[:, None], d[:, None]
+    return x * (_sig_sc(t + d) / _sig_sc(t) - 1.0) / d
+
+
+def _v_star(x, t):
+    t = t[:, None]
+    return x * (t * S**2 - (1.0 - t)) / _sig_sc(t) ** 2
+
+
+def test_shortcut_level_allocation():
+    lv, per = sc.bootstrap_levels(256, 128, 8)
+    assert per == 4 and lv.shape == (32,)
+    np.testing.assert_array_equal(lv, np.r_[np.repeat(np.arange(6, -1, -1), 4), [0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="batch_size"):
+        sc.bootstrap_levels(32, 128, 8)  # 4 bootstrap rows < 7 levels
+    with pytest.raises(ValueError, match="bootstrap_every"):
+        sc.bootstrap_levels(100, 128, 8)
+    with pytest.raises(ValueError, match="denoise_timesteps"):
+        sc.bootstrap_levels(256, 100, 8)
+
+
+def test_shortcut_bootstrap_targets_match_exact_shortcut():
+    # spec §3c.1: with the exact s* as s_ema, (b1 + b2)/2 = s*(x, t, 2 d_half) for any x_t.
+    # s* = x (sigma(t+d)/sigma(t) - 1)/d loses ~log2(1/d) bits to cancellation, so the
+    # identity is checked in float64 (to 1e-9; the spec asks 1e-6) ...
+    apply = lambda p, x, t, lv, y: _s_star(x, t, lv)
+    with jax.enable_x64(True):
+        x1 = S * jax.random.normal(jax.random.key(0), (256, 3), jnp.float64)
+        tg = jax.jit(lambda x: sc.shortcut_targets(apply, None, jax.random.key(1), x,
+                                                   clip=None))(x1)
+        bb = 32
+        assert tg["target"].dtype == jnp.float64
+        exact = _s_star(tg["x_t"][:bb], tg["t"][:bb], tg["d_level"][:bb])
+        np.testing.assert_allclose(tg["target"][:bb], exact, rtol=1e-9, atol=1e-12)
+    # ... and in float32 against s* in float64 at the same inputs: the cancellation costs
+    # ~1/d ulps of |x| (d >= 1/64, |x_t| < 5): atol 64 * 5 * 1.2e-7 * 4
+    tg = jax.jit(lambda x: sc.shortcut_targets(apply, None, jax.random.key(1), x,
+                                               clip=None))(x1.astype(jnp.float32))
+    xt, t, lv = (np.asarray(tg[k][:bb], np.float64) for k in ("x_t", "t", "d_level"))
+    d = 2.0 ** -lv[:, None]
+    sg = lambda u: np.sqrt((1 - u) ** 2 + u**2 * S**2)
+    exact = xt * (sg(t[:, None] + d) / sg(t[:, None]) - 1) / d
+    np.testing.assert_allclose(tg["target"][:bb], exact, atol=64 * 5 * 1.2e-7 * 4)
+    assert int(tg["d_level"][bb]) == 7 and float(jnp.max(tg["t"][bb:] * 128 % 1)) == 0.0
+    # flow rows: v = x1 - (1 - 1e-5) x0, with x_t = (1 - (1-1e-5) t) x0 + t x1 on rows 0..B-bb-1
+    assert tg["target"].shape == x1.shape and tg["labels"] is None
+    # the exact shortcut is self-consistent and tends to v* as d -> 0 (float64 closed form)
+    with jax.enable_x64(True):
+        x = jnp.linspace(-1.0, 1.0, 5)[:, None]
+        t = jnp.full((5,), 0.25)
+        full = _s_star(x, t, jnp.full((5,), 2))
+        b1 = _s_star(x, t, jnp.full((5,), 3))
+        b2 = _s_star(x + 0.125 * b1, t + 0.125, jnp.full((5,), 3))
+        np.testing.assert_allclose(full, 0.5 * (b1 + b2), atol=1e-14)
+        np.testing.assert_allclose(_s_star(x, t, jnp.full((5,), 30)), _v_star(x, t), atol=1e-8)
+
+
+def test_shortcut_bootstrap_cfg_rows():
+    # model output 1 for a real label, 0 for the null label: the first B_b // L bootstrap rows
+    # get the guided 0 + 1.5 (1 - 0), the other bootstrap rows 1.
+    num_classes = 10
+    apply = lambda p, x, t, lv, y: jnp.broadcast_to((y != num_classes)[:, None] * 1.0, x.shape)
+    x1 = jnp.zeros((256, 2))
+    labels = jnp.arange(256) % num_classes
+    tg = sc.shortcut_targets(apply, None, jax.random.key(0), x1, labels, num_classes=num_classes,
+                             bootstrap_cfg=True, cfg_scale=1.5)
+    np.testing.assert_allclose(tg["target"][:4], 1.5)
+    np.testing.assert_allclose(tg["target"][4:32], 1.0)
+    np.testing.assert_array_equal(tg["labels"][:32], labels[:32])  # never dropped
+    assert bool(jnp.any(tg["labels"][32:] == num_classes))
+
+
+def test_shortcut_sampler_closed_forms():
+    n = 4096
+    x0 = jax.random.normal(jax.random.key(0), (n, 1))
+    # one exact shortcut step: x1 = x0 sigma(1)/sigma(0) = s x0, exactly N(0, s^2)
+    x = few_step.shortcut_sample(_s_star_model, None, (n, 1), 1, x_init=x0)
+    np.testing.assert_allclose(x, S * x0, rtol=1e-6, atol=1e-7)
+    # one Euler step with the exact velocity: closed form x0 + v*(x0, 0) = 0 (collapse)
+    vmodel = lambda x, t, lv, y: _v_star(x, t)
+    x = few_step.shortcut_sample(vmodel, None, (n, 1), 1, x_init=x0)
+    np.testing.assert_allclose(x, 0.0, atol=1e-7)
+    # 128 Euler steps with v*: linear in x0, x = x0 prod_i (1 + c(t_i)/M) with
+    # c(t) = (t s^2 - (1-t))/sigma(t)^2 (closed form, float64): 0.49425 vs the exact 0.5
+    M = 128
+    tt = np.arange(M) / M
+    c = (tt * S**2 - (1 - tt)) / ((1 - tt) ** 2 + tt**2 * S**2)
+    ratio = np.prod(1 + c / M)
+    x = few_step.shortcut_sample(vmodel, None, (n, 1), M, x_init=x0)
+    np.testing.assert_allclose(x, ratio * x0, rtol=2e-5, atol=1e-6)
+    assert abs(ratio - S) < 0.012
+    # flip_time adapter: the shortcut model at level ~0 step is the diffjax velocity of Linear
+    g = dj.analytic.Gaussian.create([0.0], [[S**2]], Linear())
+    u = sc.shortcut_as_velocity(lambda x, t, lv, y: _v_star(x, t), 7)
+    tt = jnp.full((n,), 0.3)
+    np.testing.assert_allclose(u(x0, tt), convert(g(x0, tt), x0, tt, Linear(), "x0", "velocity"),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="num_steps"):
+        few_step.shortcut_sample(vmodel, jax.random.key(0), (2, 1), 3)
+
+
+def _s_star_model(x, t, lv, y):
+    return _s_star(x, t, lv)
+
+
+def test_shortcut_loss_differentiable():
+    params = _mlp_init(jax.random.key(0), 4, 2)
+    apply = lambda p, x, t, lv, y: _mlp(
+        p, jnp.concatenate([x, t[:, None], lv[:, None].astype(x.dtype) / 7.0], axis=1))
+    x1 = S * jax.random.normal(jax.random.key(1), (64, 2))
+    labels = jnp.arange(64) % 3
+    obj = lambda p: jnp.mean(sc.shortcut_loss(apply, p, params, jax.random.key(2), x1, labels,
+                                              num_classes=3, denoise_timesteps=8)[0])
+    v, g = jax.jit(jax.value_and_grad(obj))(params)
+    assert np.isfinite(float(v)) and _finite_grads(g)
+
+
+# ---------------------------------------------------------------------------------------------
+# §4 IMM
+# ---------------------------------------------------------------------------------------------
+
+
+def test_imm_vectors():
+    # spec §4c.1 (printed to 6 significant digits; float32 rtol 1e-5)
+    t = jnp.array([0.1, 0.5, 0.9, 0.994])
+    np.testing.assert_allclose(imm.imm_mapping_r(jnp.zeros(4), t, k=12),
+                               [0.066001, 0.48968, 0.899594, 0.993999], rtol=1e-5)
+    np.testing.assert_allclose(imm.imm_mapping_r(jnp.zeros(4), t, k=15),
+                               [0.095886, 0.498733, 0.899949, 0.994], rtol=1e-5)
+    assert abs(0.994 / 0.006 - 165.67) < 5e-3 and abs(165.6667 / 4096 - 0.040446) < 1e-6
+    tw = jnp.array([0.05, 0.2, 0.5, 0.8, 0.95])
+    np.testing.assert_allclose(imm.imm_weight(tw, a=1, b=4),
+                               [2.90326, 5.68651, 3.92806, 1.83613, 1.16307], rtol=1e-5)
+    # (the a=2 row is printed to 5 decimals: half a unit of the last digit, atol 5e-6)
+    np.testing.assert_allclose(imm.imm_weight(tw, a=2, b=4),
+                               [2.7581, 4.54921, 1.96403, 0.36723, 0.05815], rtol=1e-5, atol=5e-6)
+    # r never goes below s
+    np.testing.assert_allclose(imm.imm_mapping_r(jnp.array([0.3]), jnp.array([0.3001])), 0.3)
+
+
+def test_imm_maps():
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (6, 3))
+    e = 0.5 * jax.random.normal(jax.random.key(1), (6, 3))
+    t = jnp.linspace(0.2, 0.9, 6)
+    s = 0.5 * t
+    G = jax.random.normal(jax.random.key(2), (6, 3))
+    x_t = (1 - t)[:, None] * x + t[:, None] * e
+    np.testing.assert_array_equal(imm.imm_map("euler_fm", G, x_t, t, t), x_t)
+    np.testing.assert_allclose(imm.ddim_interpolant(x_t, x, t, s),
+                               (1 - s)[:, None] * x + s[:, None] * e, rtol=1e-5, atol=1e-6)
+    # identity kind = DDIM with G as x_hat; simple_edm / identity at s = t are the identity too
+    np.testing.assert_allclose(imm.imm_map("identity", G, x_t, t, s),
+                               imm.ddim_interpolant(x_t, G, t, s), rtol=1e-6)
+    for kind in ("identity", "simple_edm"):
+        np.testing.assert_allclose(imm.imm_map(kind, G, x_t, t, t), x_t, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="kind"):
+        imm.imm_coeffs("edm", t, s)
+
+
+def test_mmd_estimator():
+    mmd = jax.jit(imm.mmd_v_statistic)
+    a = jax.random.normal(jax.random.key(0), (4, 5))
+    b = jax.random.normal(jax.random.key(1), (4, 5)) + 1.0
+    w = jnp.float32(2.0)
+    m = mmd(a, b, w)
+    assert float(m) >= 0.0 and float(mmd(a, a, w)) == 0.0
+    np.testing.assert_allclose(m, mmd(b, a, w), rtol=1e-6)
+    g = jax.jit(jax.grad(imm.mmd_v_statistic))(a, b, w)
+    # a small step along -grad lowers the MMD (particles move toward the y_r cloud), and the
+    # gradient matches a central finite difference (float32: rtol 2e-2)
+    assert float(mmd(a - 0.05 * g, b, w)) < float(m)
+    dirn = jax.random.normal(jax.random.key(2), a.shape)
+    h = 1e-2
+    fd = (mmd(a + h * dirn, b, w) - mmd(a - h * dirn, b, w)) / (
+        2 * h)
+    np.testing.assert_allclose(fd, jnp.sum(g * dirn), rtol=2e-2)
+
+
+def test_imm_loss_and_sampler():
+    params = _mlp_init(jax.random.key(0), 4, 2)
+    net = lambda p, x, ct, cs, cond: _mlp(p, jnp.concatenate(
+        [x, ct[:, None] / 1000.0, cs[:, None] / 1000.0], axis=1))
+    g = lambda p: imm.imm_precond(functools.partial(net, p), "euler_fm")
+    apply = lambda p, x, t, s, cond: g(p)(x, t, s, cond)
+    x0 = S * jax.random.normal(jax.random.key(1), (32, 2))
+    obj = lambda p: jnp.mean(imm.imm_loss(apply, p, jax.random.key(2), x0, group_size=4)[0])
+    v, gr = jax.jit(jax.value_and_grad(obj))(params)
+    assert np.isfinite(float(v)) and _finite_grads(gr)
+    loss, aux = jax.jit(lambda p: imm.imm_loss(apply, p, jax.random.key(2), x0,
+                                               group_size=4))(params)
+    assert loss.shape == (32,) and bool(jnp.all(aux["s"] <= aux["r"]))
+    assert bool(jnp.all(aux["r"] < aux["t"]))
+    with pytest.raises(ValueError, match="group_size"):
+        imm.imm_loss(apply, params, jax.random.key(2), x0, group_size=5)
+    # pushforward with CFG on G: G = 1 (cond) / 0 (null) -> guided G = w
+    gfake = lambda x, t, s, cond: jnp.broadcast_to(cond, x.shape)
+    out = few_step.imm_pushforward_sample(gfake, jax.random.key(0), (3, 2), num_steps=1,
+                                          cond=jnp.float32(1.0), null_cond=jnp.float32(0.0),
+                                          cfg_scale=1.5)
+    x_T = 0.5 * jax.random.normal(jax.random.key(0), (3, 2))
+    np.testing.assert_allclose(out, x_T - 0.994 * 0.5 * 1.5, rtol=1e-6)
+    np.testing.assert_allclose(few_step.imm_time_grid(2, kind="mid_eta", mid_eta=[1.4]),
+                               [0.994, 1.4 / 2.4, 0.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# §8 model guidance
+# ---------------------------------------------------------------------------------------------
+
+M_MEAN, M_STD, NULL = 1.0, 0.5, 2
+
+
+def _two_class_velocity():
+    proc = Linear()
+    comps = [dj.analytic.Gaussian.create([m], [[M_STD**2]], proc) for m in (-M_MEAN, M_MEAN)]
+    mix = dj.analytic.GaussianMixture.create([0.5, 0.5], [[-M_MEAN], [M_MEAN]], [M_STD, M_STD],
+                                             proc)
+
+    def v(x, t, y):
+        to_v = lambda m: convert(m(x, t), x, t, proc, "x0", "velocity")
+        vc = jnp.where((y == 0)[:, None], to_v(comps[0]), to_v(comps[1]))
+        return jnp.where((y == NULL)[:, None], to_v(mix), vc)
+
+    return v
+
+
+def test_mg_fixed_point_is_cfg_velocity():
+    """§8c.1: with the exact EMA velocity, E[u_MG - v*(x_t) | x_t, y] = 0 for
+    v* = v_c + (omega - 1)(v_c - v_u): checked through the orthogonality conditions
+    E[(u_MG - v*) phi(x_t)] = 0 for phi in {1, x, tanh(2x)} at fixed t (MC, 5 standard errors);
+    the plain conditional velocity v_c fails them (sanity of the test's power)."""
+    v = _two_class_velocity()
+    n = 200_000
+    omega = 2.0
+    labels = jnp.ones((n,), jnp.int32)
+    x0 = M_MEAN + M_STD * jax.random.normal(jax.random.key(0), (n, 1))
+
+    @jax.jit
+    def parts(t0):
+        tg = mg.mg_targets(v, jax.random.key(1), x0, labels, num_classes=NULL, step=10,
+                           start_step=0, omega=omega, drop_prob=0.0, t=jnp.full((n,), t0))
+        x_t, t = tg["x_t"], tg["t"]
+        vc, vu = v(x_t, t, labels), v(x_t, t, jnp.full_like(labels, NULL))
+        return tg["target"][:, 0], (vc + (omega - 1.0) * (vc - vu))[:, 0], vc[:, 0], x_t[:, 0], \
+            tg["guided"]
+
+    for t0 in (0.3, 0.6):
+        target, v_star, vc, x_t, guided = map(np.asarray, parts(jnp.float32(t0)))
+        assert guided.all()
+        r = (target - v_star).astype(np.float64)
+        for phi in (np.ones_like(r), x_t, np.tanh(2 * x_t)):
+            m, se = np.mean(r * phi), np.std(r * phi) / np.sqrt(n)
+            assert abs(m) < 5 * se, (t0, m, se)
+        r = (target - vc).astype(np.float64)
+        assert abs(np.mean(r)) > 10 * np.std(r) / np.sqrt(n)
+    # t >= mg_high: no guidance, the target is the plain flow target
+    tg = mg.mg_targets(v, jax.random.key(1), x0[:64], labels[:64], num_classes=NULL, step=10,
+                       start_step=0, omega=omega, t=jnp.full((64,), 0.8))
+    np.testing.assert_array_equal(tg["target"], tg["u"])
+
+
+def test_mg_bookkeeping_and_grad():
+    v = _two_class_velocity()
+    x0 = jax.random.normal(jax.random.key(0), (40, 1))
+    labels = jnp.arange(40) % 2
+    targets = jax.jit(lambda step, start: mg.mg_targets(
+        v, jax.random.key(3), x0, labels, num_classes=NULL, step=step, start_step=start,
+        drop_prob=0.1, t=jnp.full((40,), 0.2)))
+    tg = targets(5, 0)
+    dropped = tg["labels"] == NULL
+    assert int(jnp.sum(dropped)) == 4 and not bool(jnp.any(tg["guided"] & dropped))
+    np.testing.assert_array_equal(tg["target"][dropped], tg["u"][dropped])
+    before = targets(5, 100)
+    np.testing.assert_array_equal(before["target"], before["u"])
+    # the EMA model (not the online one) gives Delta
+    params = _mlp_init(jax.random.key(0), 3, 1)
+    online = lambda p, x, t, y: _mlp(p, jnp.concatenate(
+        [x, t[:, None], (y == NULL)[:, None] * 1.0], axis=1))
+    def check_delta(p):
+        _, aux = mg.mg_loss(functools.partial(online, p), v, jax.random.key(3), x0, labels,
+                            num_classes=NULL, step=5, start_step=0)
+        vc = v(aux["x_t"], aux["t"], labels)
+        return aux["delta"], vc - v(aux["x_t"], aux["t"], jnp.full_like(labels, NULL))
+
+    delta, want = jax.jit(check_delta)(params)
+    np.testing.assert_allclose(delta, want, rtol=1e-6)
+    obj = lambda p: jnp.mean(mg.mg_loss(functools.partial(online, p), v, jax.random.key(3), x0,
+                                        labels, num_classes=NULL, step=5, start_step=0)[0])
+    val, g = jax.jit(jax.value_and_grad(obj))(params)
+    assert np.isfinite(float(val)) and _finite_grads(g)
+    with pytest.raises(ValueError, match="labels"):
+        mg.mg_targets(v, jax.random.key(0), x0, labels[:3], num_classes=NULL, step=0)
+    with pytest.raises(ValueError, match="drop_prob"):
+        mg.mg_targets(v, jax.random.key(0), x0, labels, num_classes=NULL, step=0, drop_prob=2.0)
