@@ -8,6 +8,7 @@ from diffjax import (
     analytic,
     data,
     grids,
+    guidance,
     integrate,
     likelihood,
     losses,

@@ -423,7 +423,7 @@ def test_as_denoiser_with_sampler_and_no_retrace_on_cfg_scale(official_pair):
     out = dj.sample(g1, jax.random.key(0), (8, 8, 8, 4), grid, step, **kw)
     assert out.shape == (8, 8, 8, 4) and bool(jnp.isfinite(out).all())
     n0 = dj.samplers.trace_count()
-    out2 = dj.sample(g1.replace(scale=4.0), jax.random.key(0), (8, 8, 8, 4), grid, step, **kw)
+    out2 = dj.sample(g1.replace(weight=4.0), jax.random.key(0), (8, 8, 8, 4), grid, step, **kw)
     assert dj.samplers.trace_count() == n0  # the scale is a traced leaf
     assert float(jnp.abs(out2 - out).max()) > 1e-4
 

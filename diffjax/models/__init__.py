@@ -20,7 +20,7 @@ from diffjax.models.dit import (
     load_state_dict,
 )
 from diffjax.models.flops import ModelCost, count_params, dit_cost, forward_cost
-from diffjax.models.guidance_cfg import CFGDenoiser, classifier_free_guidance
+from diffjax.models.guidance_cfg import classifier_free_guidance
 from diffjax.models.layers import DEFAULT_RULES, activation_sharding, logical_to_mesh_sharding
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "PRESETS", "Denoiser", "DiT", "DiTConfig", "LatentNorm", "as_denoiser", "build",
     "dit_config", "from_converted", "load_state_dict",
     "ModelCost", "count_params", "dit_cost", "forward_cost",
-    "CFGDenoiser", "classifier_free_guidance",
+    "classifier_free_guidance",
     "DEFAULT_RULES", "activation_sharding", "logical_to_mesh_sharding",
 ]
 # ==== end of transformer family ================================================================
@@ -55,6 +55,7 @@ from diffjax.models.unet import (  # noqa: E402
 )
 
 __all__ += [
+    "adm", "denoiser", "layers_unet", "mlp", "ncsnpp", "unet",
     "ADM_PRESETS", "CLASSIFIER_PRESETS", "ADMClassifier", "ADMUNet", "adm_config",
     "adm_from_preset", "classifier_from_preset", "ToyMLP", "NCSNPP_PRESETS", "NCSNpp",
     "ncsnpp_from_preset", "UNET_PRESETS", "UNet", "num_params", "unet_config", "unet_from_preset",

@@ -26,13 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-from flax import struct
 
 Array = Any
 
-__all__ = ["CFGDenoiser", "classifier_free_guidance", "combine_cfg"]
+__all__ = ["classifier_free_guidance", "combine_cfg"]
 
 
 def combine_cfg(cond_out: Array, uncond_out: Array, scale: Array, channels: str | int = "all",
@@ -52,69 +50,20 @@ def combine_cfg(cond_out: Array, uncond_out: Array, scale: Array, channels: str 
     return jnp.concatenate([guided, cond_out[..., k:]], axis=-1) if k < c else guided
 
 
-def _with_labels(cond: Any, labels: Array) -> Any:
-    if isinstance(cond, dict):
-        return {**cond, "y": labels}
-    return labels
-
-
-def _labels(cond: Any) -> Array:
-    y = cond.get("y") if isinstance(cond, dict) else cond
-    if y is None:
-        raise ValueError("classifier-free guidance needs class labels in cond (or cond['y'])")
-    return jnp.asarray(y, jnp.int32)
-
-
-@struct.dataclass
-class CFGDenoiser:
-    """``denoiser(x, t, cond)`` with classifier-free guidance; a pytree whose ``scale`` and
-    ``interval`` are traced leaves (changing them does not recompile a sampler).
-
-    Attributes:
-      model: the wrapped ``(x, t, cond) -> prediction`` (make it a pytree, e.g.
-        :func:`diffjax.models.as_denoiser`).
-      scale: guidance scale (DiT convention, 1 = no guidance).
-      interval: ``(t_lo, t_hi)`` in diffjax time where guidance applies.
-      null_label: the null class (``num_classes``).
-      channels: ``'all'`` or the number of leading channels guided (3 = reference quirk).
-      learned_variance: the model outputs ``2C`` channels; ``'all'`` then means the first C.
-    """
-
-    model: Callable
-    scale: Any = 1.0
-    interval: Any = (0.0, 1.0)
-    null_label: int = struct.field(pytree_node=False, default=1000)
-    channels: Any = struct.field(pytree_node=False, default="all")
-    learned_variance: bool = struct.field(pytree_node=False, default=False)
-
-    def __call__(self, x: Array, t: Array, cond: Any = None) -> Array:
-        b = x.shape[0]
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
-        y = _labels(cond)
-        null = jnp.full_like(y, self.null_label)
-        both = jax.tree.map(lambda a: jnp.concatenate([a, a], axis=0),
-                            _with_labels(cond, y))
-        both = _with_labels(both, jnp.concatenate([y, null], axis=0))
-        out = self.model(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0), both)
-        cond_out, uncond_out = out[:b], out[b:]
-        lo, hi = self.interval
-        inside = (t >= lo) & (t <= hi)
-        scale = jnp.where(inside, jnp.asarray(self.scale, jnp.float32), 1.0)
-        return combine_cfg(cond_out, uncond_out, scale, self.channels, self.learned_variance)
-
-
 def classifier_free_guidance(model: Callable, scale: float = 1.0, *, channels: str | int = "all",
                              null_label: int | None = None, learned_variance: bool = False,
-                             interval: tuple[float, float] = (0.0, 1.0)) -> CFGDenoiser:
-    """Wrap ``model`` with classifier-free guidance (see module docstring).
+                             interval: tuple[float, float] = (0.0, 1.0)):
+    """Wrap a class-conditional network with classifier-free guidance, DiT convention
+    (``scale`` = w', 1 = no guidance), one batched forward for both halves.
 
-    ``null_label`` defaults to ``model.null_label`` (set by :func:`as_denoiser`).
+    ``null_label`` defaults to ``model.null_label`` (set by :func:`as_denoiser`). Returns the
+    library's single CFG wrapper, :class:`diffjax.guidance.ClassifierFreeGuidance`.
     """
+    from diffjax.guidance import ClassifierFreeGuidance
+
     if null_label is None:
         null_label = getattr(model, "null_label", None)
         if null_label is None:
             raise ValueError("null_label is required (the model does not expose one)")
-    if not (channels == "all" or (isinstance(channels, int) and channels > 0)):
-        raise ValueError(f"channels must be 'all' or a positive int; got {channels!r}")
-    return CFGDenoiser(model, scale, tuple(float(v) for v in interval), int(null_label),
-                       channels, bool(learned_variance))
+    return ClassifierFreeGuidance(model, scale, tuple(float(v) for v in interval), "scale",
+                                  int(null_label), channels, bool(learned_variance))
