@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # test dependency (setup.cfg [test])
 from flax import nnx
 
 import diffjax as dj
 from diffjax import convert
 from diffjax.models import dit, flops, guidance_cfg, layers
 
-import torch  # test dependency (setup.cfg [test])
 tnn = torch.nn
 
 TOL = 1e-4

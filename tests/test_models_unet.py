@@ -4,11 +4,10 @@ Tiny models are built abstractly (``nnx.eval_shape``) and filled with numpy rand
 so no initialisation program is compiled; each test compiles at most one forward.
 """
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
 import diffjax as dj
@@ -98,8 +97,9 @@ _DIFFUSERS_CFGS = {
 
 @pytest.mark.parametrize("kind", ["ddpm", "adm"])
 def test_diffusers_parity(kind):
-    import torch
     import diffusers
+    import torch
+
     from diffjax.convert.unet import load_diffusers_unet, unet_config_from_diffusers
 
     torch.manual_seed(0)

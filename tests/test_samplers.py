@@ -11,7 +11,7 @@ from flax import struct
 import diffjax as dj
 from diffjax import samplers as S
 from diffjax.analytic import sliced_wasserstein
-from diffjax.processes import VE, VP, DiscreteVP, EDM, Linear
+from diffjax.processes import EDM, VE, VP, DiscreteVP, Linear
 
 KEY = jax.random.key(0)
 

@@ -21,7 +21,8 @@ for iDDPM's ``rescale_timesteps`` (``'iddpm_rescaled'``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -42,9 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from diffjax.models.denoiser import Denoiser, as_denoiser  # noqa: F401  (re-exported)
 
-from diffjax import adapters
+from diffjax.models.denoiser import Denoiser, as_denoiser  # noqa: F401  (re-exported)
 from diffjax.models.layers import (
     Attention,
     Buffer,

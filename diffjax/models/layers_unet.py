@@ -34,12 +34,13 @@ attention-pool pos. emb.   ``(None, 'embed')``
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import nnx
 
 from diffjax.models.denoiser import Denoiser, as_denoiser  # noqa: F401  (re-exported)
 

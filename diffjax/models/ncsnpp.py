@@ -30,13 +30,15 @@ DDPM++ (positional features of ``999 t``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from diffjax.models.layers_unet import (
+    _INV_SQRT2,
     AttnBlock,
     Conv,
     Downsample,
@@ -45,7 +47,6 @@ from diffjax.models.layers_unet import (
     ResBlock,
     TimeEmbedding,
     Upsample,
-    _INV_SQRT2,
     timestep_embedding,
 )
 

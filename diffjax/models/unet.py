@@ -19,8 +19,8 @@ Dropout is active only with ``train=True`` and ``rngs``.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

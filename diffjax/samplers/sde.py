@@ -15,7 +15,6 @@ from its data-at-1 time): ``'sbdm'`` (``g^2 / 2``), ``'sigma'`` (``sigma(t)``, S
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import struct
 

@@ -15,7 +15,6 @@ Restoring onto a different device count works: arrays are restored with the shar
 
 from __future__ import annotations
 
-
 import warnings
 from pathlib import Path
 from typing import Any

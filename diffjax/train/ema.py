@@ -11,7 +11,8 @@ Several EMAs are kept at once as a dict ``name -> params``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np

@@ -15,7 +15,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = ["make_mesh", "batch_sharding", "fsdp_spec", "param_shardings", "shard_batch",
            "replicated"]

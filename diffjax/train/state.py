@@ -9,7 +9,8 @@ abstractly (``jax.eval_shape``), shardings are chosen from the abstract shapes, 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

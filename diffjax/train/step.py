@@ -11,7 +11,7 @@ is 0; :func:`diffjax.train.loop.fit` raises after too many in a row.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp

@@ -21,10 +21,8 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-import diffjax as dj
 from diffjax import models as M
 from diffjax import train as T
 
