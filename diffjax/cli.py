@@ -137,6 +137,9 @@ def _flag_values(argv):
                          flag_values=fv)
     flags.DEFINE_integer("seed", 0, "demo/sample: PRNG seed.", flag_values=fv)
     flags.DEFINE_bool("quick", False, "demo: two samplers only (smoke test).", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize() "
+                      "first (coordinator from the cluster environment: TPU pods, SLURM, ...)",
+                      flag_values=fv)
     return fv
 
 
@@ -158,6 +161,10 @@ def main(argv=None) -> dict | list:
         raise SystemExit(f"usage: python -m diffjax {{{','.join(COMMANDS)}}} [--config=...] "
                          f"[--workdir=...]; got {rest[1:]}")
     command = rest[1]
+    if FLAGS.distributed:
+        import jax
+
+        jax.distributed.initialize()  # every host then feeds its own data shard
     if FLAGS.num_samples is not None and FLAGS.num_samples < 1:
         raise SystemExit("--num_samples must be >= 1")
     if command == "demo":

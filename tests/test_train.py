@@ -214,3 +214,29 @@ def test_sigterm_saves_before_stopping(tmp_path):
                      save_every=10**6, log_every=10**6, log_fn=None)
     assert int(state.step) == 7 and ck.steps() == [7]
     ck.close()
+
+
+def test_gradient_accumulation_matches_the_large_batch_step():
+    """optax.MultiSteps over k micro-batches = one step on their union (mean losses)."""
+    data = {"image": DATA[:2 * BATCH]}
+    halves = [{"image": DATA[:BATCH]}, {"image": DATA[BATCH:2 * BATCH]}]
+    def deterministic(p, key, batch):
+        model = jax.tree_util.Partial(mlp_apply, p)
+        n = batch["image"].shape[0]
+        t = jnp.full((n,), 0.3)
+        eps = jnp.ones_like(batch["image"]) * 0.5
+        return dj.losses.ddpm_loss(model, key, batch["image"], process=PROC, t=t, noise=eps)
+
+    big = T.make_optimizer("adam", 1e-2)
+    acc = T.make_optimizer("adam", 1e-2, accumulate=2)
+    s_big = T.create_train_state(mlp_init, big, seed=1, ema_names=())
+    s_acc = T.create_train_state(mlp_init, acc, seed=1, ema_names=())
+    s_big, _ = jax.jit(T.make_train_step(deterministic, big))(s_big, data)
+    step_acc = jax.jit(T.make_train_step(deterministic, acc))
+    for h in halves:
+        s_acc, _ = step_acc(s_acc, h)
+    for a, b in zip(jax.tree_util.tree_leaves(s_big.params), jax.tree_util.tree_leaves(s_acc.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # and the accumulated parameters did move
+    s0 = T.create_train_state(mlp_init, acc, seed=1, ema_names=())
+    assert not np.allclose(np.asarray(s0.params["w3"]), np.asarray(s_acc.params["w3"]))
