@@ -20,7 +20,8 @@ score_sde VP net    ``999 t``                                    ``time_input('v
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 

@@ -8,18 +8,30 @@ for the command line (:mod:`diffjax.cli`).
 Config sections (all keys optional unless noted):
 
 * ``process``: ``name`` in :data:`PROCESSES` (+ its keyword arguments, e.g. ``num_steps``).
-* ``model``: ``name`` in ``mlp | unet | adm | dit`` (required), ``preset`` or keyword
-  arguments, ``time_input`` (what the network is fed, :func:`diffjax.adapters.time_input`),
-  ``prediction`` (``eps | x0 | v | score | velocity``).
+* ``model``: ``name`` in :data:`MODELS` (required), ``preset`` or keyword arguments,
+  ``time_input`` (what the network is fed, :func:`diffjax.adapters.time_input`),
+  ``prediction`` (``eps | x0 | v | score | velocity``), ``precond`` (``edm | vp | ve``: wrap
+  the raw network in :class:`diffjax.parameterization.EDMPrecond`, which feeds it ``c_noise``
+  and makes it an ``x0`` model; ``time_input`` is then unused) and ``sigma_data``.
 * ``loss``: ``name`` in :data:`LOSSES` + keyword arguments of that loss.
 * ``data``: ``name`` (a dataset name or path for :func:`diffjax.data.get_source`),
-  ``batch_size``, ``split``, ``flip``.
-* ``optim``: :func:`diffjax.train.make_optimizer` arguments; ``ema``: name -> decay.
+  ``batch_size``, ``split``, ``flip``, ``holdout``, ``data_dir`` (TFDS data directory).
+* ``optim``: :func:`diffjax.train.make_optimizer` arguments; ``ema``: name -> decay, or
+  name -> ``{halflife_kimg, rampup_ratio}`` (EDM's EMA).
 * ``train``: ``num_steps``, ``log_every``, ``save_every``, ``max_to_keep``, ``seed``.
-* ``sample``: ``sampler`` (a name of :data:`diffjax.samplers.SAMPLERS`), ``num_steps``,
-  ``grid`` (``discrete | uniform | karras | log_snr``), ``t_min``, step keyword arguments in
-  ``step``, ``num_samples``, ``ema`` (which weights), ``clip_x0``.
+* ``sample``: ``sampler`` (a name of :data:`diffjax.samplers.SAMPLERS`, or ``pc``:
+  ``predictor`` + ``corrector`` (:data:`CORRECTORS`) with ``snr`` and ``corrector_steps``),
+  ``num_steps``, ``grid`` (``discrete | uniform | karras | log_snr``), ``t_min``, step keyword
+  arguments in ``step``, ``num_samples``, ``ema`` (which weights), ``clip_x0``,
+  ``learned_variance`` (default: true for the ``hybrid``/``vlb`` losses), ``x_init``
+  (``uniform``: NCSN's start from ``U[lo, hi]^d``, range in ``x_init_range``), ``guidance``
+  (classifier-free guidance scale for class-conditional models, DiT convention: 1 = none)
+  and ``guidance_channels`` (``all`` or 3, DiT's reference quirk).
 * ``mesh``: ``data``, ``fsdp`` axis sizes.
+
+Shape check: before any compute, :func:`train` compares one data example's shape with the
+input the model was built for (``image_size``/``in_channels``, DiT ``input_size``) and raises
+a ``ValueError`` naming the ``model.*`` and ``data.name`` keys.
 """
 
 from __future__ import annotations
@@ -39,7 +51,8 @@ from diffjax import losses as L
 from diffjax import samplers as S
 from diffjax import train as T
 
-__all__ = ["PROCESSES", "LOSSES", "build_process", "build_model", "train", "sample", "evaluate"]
+__all__ = ["PROCESSES", "LOSSES", "MODELS", "CORRECTORS", "build_process", "build_model", "train",
+           "sample", "evaluate"]
 
 PROCESSES = {
     "ddpm_linear": lambda num_steps=1000, **kw: dj.DiscreteVP.linear(num_steps, **kw),
@@ -59,7 +72,24 @@ LOSSES = {
     "score_sde": L.score_sde_loss,
     "edm": L.edm_loss,
     "flow_matching": L.flow_matching_loss,
+    "hybrid": L.hybrid_loss,
+    "vlb": L.vlb_loss,
 }
+# Not wired: iDDPM's importance sampler (``LossSecondMomentResampler``) for ``vlb``. Its state
+# (loss history per index) must be carried and updated by the train step from the loss's
+# ``aux``; ``TrainState`` and ``make_train_step`` have no slot for it yet, so ``vlb`` draws t
+# uniformly.
+
+#: losses whose model outputs ``2C`` channels (iDDPM's learned variance)
+LEARNED_VARIANCE_LOSSES = ("hybrid", "vlb")
+
+#: corrector name -> ``(snr, n_steps) -> Step`` for ``sample.sampler = 'pc'``
+CORRECTORS = {
+    "langevin": lambda snr, n_steps: S.LangevinCorrector(snr, n_steps),
+}
+
+#: ``model`` keys that configure the wrapper, not the network constructor
+_WRAPPER_KEYS = ("time_input", "prediction", "negate_output", "precond", "sigma_data")
 
 
 def _kw(section) -> dict:
@@ -77,58 +107,166 @@ def _pick(table: dict, name: str, what: str):
 
 def build_process(cfg):
     kw = _kw(cfg)
-    return _pick(PROCESSES, kw.pop("name", "ddpm_linear"), "process")(**kw)
+    return _pick(PROCESSES, kw.pop("name", "ddpm_linear"), "process.name")(**kw)
+
+
+def _mlp(preset, kw, rngs):
+    from diffjax.models.mlp import ToyMLP
+
+    return ToyMLP(**kw, rngs=rngs)
+
+
+def _unet(preset, kw, rngs):
+    from diffjax.models.unet import UNet, unet_from_preset
+
+    return unet_from_preset(preset, rngs=rngs, **kw) if preset else UNet(**kw, rngs=rngs)
+
+
+def _adm(preset, kw, rngs):
+    from diffjax.models.adm import ADMUNet, adm_from_preset
+
+    return adm_from_preset(preset, rngs=rngs, **kw) if preset else ADMUNet(**kw, rngs=rngs)
+
+
+def _ncsnpp(preset, kw, rngs):
+    from diffjax.models.ncsnpp import NCSNpp, ncsnpp_from_preset
+
+    return ncsnpp_from_preset(preset, rngs=rngs, **kw) if preset else NCSNpp(**kw, rngs=rngs)
+
+
+def _dit(preset, kw, rngs):
+    from diffjax.models.dit import DiT, dit_config
+
+    return DiT(dit_config(preset or "DiT-XL/2", **kw), rngs=rngs)
+
+
+#: model name -> ``(preset, kwargs, rngs) -> nnx.Module``
+MODELS = {"mlp": _mlp, "unet": _unet, "adm": _adm, "ncsnpp": _ncsnpp, "dit": _dit}
 
 
 def build_model(cfg, rngs: nnx.Rngs):
-    """The network named by ``cfg.name`` (``mlp``, ``unet``, ``adm``, ``dit``)."""
+    """The network named by ``cfg.name`` (a key of :data:`MODELS`), from ``cfg.preset`` and
+    keyword overrides; wrapper keys (``time_input``, ``prediction``, ``precond``, ...) are
+    ignored here."""
     kw = _kw(cfg)
     name = kw.pop("name", None)
-    for k in ("time_input", "prediction", "negate_output"):
+    for k in _WRAPPER_KEYS:
         kw.pop(k, None)
     preset = kw.pop("preset", None)
-    if name == "mlp":
-        from diffjax.models.mlp import ToyMLP
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name {name!r}; expected one of {sorted(MODELS)}")
+    # model.dtype = 'bfloat16': bf16 compute; parameters stay float32 (the master weights)
+    for key in ("dtype", "param_dtype"):
+        if isinstance(kw.get(key), str):
+            kw[key] = jnp.dtype(kw[key])
+    return MODELS[name](preset, kw, rngs)
 
-        return ToyMLP(**kw, rngs=rngs)
-    if name == "unet":
-        from diffjax.models.unet import UNet, unet_from_preset
 
-        return unet_from_preset(preset, rngs=rngs, **kw) if preset else UNet(**kw, rngs=rngs)
-    if name == "adm":
-        from diffjax.models.adm import adm_from_preset
+def _model_input(cfg, net) -> tuple[tuple | None, str]:
+    """``((H, W, C) or None, which config keys set it)`` for an (abstract) image network."""
+    if hasattr(net, "config") and hasattr(net.config, "input_size"):  # DiT
+        c = net.config
+        return (c.input_size, c.input_size, c.in_channels), "model.input_size/model.in_channels"
+    size = getattr(net, "image_size", None)
+    if size is None and cfg.get("name") == "ncsnpp":
+        from diffjax.models.ncsnpp import NCSNPP_PRESETS
 
-        return adm_from_preset(preset, rngs=rngs, **kw)
-    if name == "dit":
-        from diffjax.models.dit import DiT, dit_config
+        size = {**NCSNPP_PRESETS.get(cfg.get("preset"), {}), **_kw(cfg)}.get("image_size", 32)
+    chans = getattr(net, "in_channels", None)
+    if size is None or chans is None:
+        return None, ""
+    return (int(size), int(size), int(chans)), "model.image_size/model.in_channels"
 
-        return DiT(dit_config(preset, **kw), rngs=rngs)
-    raise ValueError(f"unknown model name {name!r}; expected one of ['adm', 'dit', 'mlp', 'unet']")
+
+def _num_classes(net) -> int | None:
+    """Classes of a class-conditional network (``None`` when unconditional)."""
+    n = getattr(getattr(net, "config", None), "num_classes", None)
+    if n is None:
+        n = getattr(net, "num_classes", None)
+    return int(n) if n else None
 
 
 class _Net:
-    """Binds (graphdef, params, rest) and a time conversion into ``model(x, t, cond)``."""
+    """Binds (graphdef, params, rest) and a time conversion into ``model(x, t, cond)``.
+
+    With ``precond`` (``model.precond``) the raw network is wrapped in
+    :class:`~diffjax.parameterization.EDMPrecond`: it receives ``c_noise`` as its time input
+    and the bound model is an ``x0`` (denoiser) model.
+    """
 
     def __init__(self, graphdef, rest, cfg, process):
         self.graphdef, self.rest = graphdef, rest
         self.conv = adapters.time_input(cfg.get("time_input", "t"), process,
                                         getattr(process, "num_steps", 1000))
         self.sign = -1.0 if cfg.get("negate_output", False) else 1.0
+        self.precond = cfg.get("precond", None)
+        if self.precond not in (None, "edm", "vp", "ve"):
+            raise ValueError(f"unknown model.precond {self.precond!r}; expected 'edm', 'vp' or "
+                             "'ve' (or no key)")
+        self.sigma_data = float(cfg.get("sigma_data", 0.5))
+        self.process = process
 
     def bind(self, params, train=False, key=None):
         net = nnx.merge(self.graphdef, params, self.rest)
 
+        def raw(x, time_value, cond=None):
+            kw = dict(train=True, rngs=nnx.Rngs(dropout=key)) if train else {}
+            return self.sign * net(x, time_value, cond, **kw)
+
+        if self.precond:
+            from diffjax.parameterization import EDMPrecond
+
+            return EDMPrecond(raw, self.process, self.sigma_data, coeffs=self.precond)
+
         def model(x, t, cond=None):
-            kw = dict(train=True, rngs=nnx.Rngs(dropout=key, label_dropout=key)) if train else {}
-            return self.sign * net(x, self.conv(jnp.asarray(t, jnp.float32)), cond, **kw)
+            return raw(x, self.conv(jnp.asarray(t, jnp.float32)), cond)
 
         return model
 
 
 def _prediction(cfg_model, loss_name):
+    if cfg_model.get("precond", None):
+        return "x0"
     default = {"edm": "x0", "flow_matching": "velocity", "ncsn": "score",
                "score_sde": "score"}.get(loss_name, "eps")
     return cfg_model.get("prediction", default)
+
+
+def _source(dcfg: dict):
+    """The data source of ``config.data``; errors name the ``data.*`` key at fault."""
+    from diffjax import data as D
+
+    name = dcfg.pop("name", None)
+    if not name:
+        raise ValueError("config key data.name is required (a data set name or a path)")
+    split = dcfg.pop("split", "train")
+    kwargs = {}
+    data_dir = dcfg.pop("data_dir", None)
+    if data_dir:
+        if not Path(data_dir).expanduser().is_dir():
+            raise FileNotFoundError(f"data.data_dir={data_dir!r} does not exist (the TFDS data "
+                                    f"directory holding {name!r}); prepare it or fix the key")
+        kwargs["data_dir"] = str(Path(data_dir).expanduser())
+    try:
+        return D.get_source(name, split, **kwargs)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"data.name={name!r}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"data.name={name!r}: {e}") from e
+
+
+def _check_shapes(model_cfg, abstract, x_shape, has_label, data_name):
+    """Raise (before any compute) when the data cannot feed the model."""
+    want, keys = _model_input(model_cfg, abstract)
+    if want is not None and tuple(x_shape) != want:
+        raise ValueError(
+            f"data.name={data_name!r} yields examples of shape {tuple(x_shape)} but the model "
+            f"({keys}) expects {want}; set {keys.replace('/', ' and ')} to match the data "
+            "(or pick data of that size)")
+    n = _num_classes(abstract)
+    if n and not has_label:
+        raise ValueError(f"the model is class-conditional (num_classes={n}) but "
+                         f"data.name={data_name!r} has no labels")
 
 
 def _setup(config, workdir):
@@ -137,7 +275,17 @@ def _setup(config, workdir):
     seed = int(config.get("seed", 0))
     process = build_process(config.get("process"))
     dcfg = _kw(config.data)
-    source = D.get_source(dcfg.pop("name"), dcfg.pop("split", "train"))
+    data_name = dcfg.get("name")
+    source = _source(dcfg)
+    holdout = int(dcfg.pop("holdout", 0))
+    heldout = None
+    if holdout:  # the last `holdout` records are never trained on (quality figure)
+        if not isinstance(source, D.ArraySource) or not 0 < holdout < len(source):
+            raise ValueError(f"data.holdout={holdout} needs an in-memory data set with more "
+                             f"than {holdout} records")
+        heldout = np.asarray(source.images[-holdout:], np.float32)
+        labels = None if source.labels is None else source.labels[:-holdout]
+        source = D.ArraySource(source.images[:-holdout], labels)
     batch_size = int(dcfg.pop("batch_size", 64))
     loader = D.make_loader(source, batch_size=batch_size, seed=seed,
                            random_flip=bool(dcfg.pop("flip", False)))
@@ -145,15 +293,27 @@ def _setup(config, workdir):
     x_shape = tuple(example["image"].shape[1:])
     has_label = "label" in example
     model_cfg = config.model
-    graphdef, _, rest = nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0))),
-                                  nnx.Param, ...)
+    abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
+    _check_shapes(model_cfg, abstract, x_shape, has_label, data_name)
+    num_classes = _num_classes(abstract)
+    if not num_classes:
+        has_label = False  # an unconditional model never sees the labels
+    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
     rest = nnx.state(build_model(model_cfg, nnx.Rngs(0)), nnx.Not(nnx.Param)) if len(
         jax.tree_util.tree_leaves(rest)) else rest
     net = _Net(graphdef, rest, model_cfg, process)
     init_params = lambda key: nnx.state(build_model(model_cfg, nnx.Rngs(key)), nnx.Param)
-    return dict(seed=seed, process=process, loader=loader, batch_size=batch_size,
+    return dict(seed=seed, process=process, loader=loader, batch_size=batch_size, heldout=heldout,
                 x_shape=x_shape, has_label=has_label, net=net, init_params=init_params,
-                source=source)
+                source=source, num_classes=num_classes)
+
+
+def _ema_specs(config) -> dict:
+    """``ema`` section: name -> decay, or name -> ``{halflife_kimg, rampup_ratio}`` (EDM)."""
+    out = {}
+    for k, v in _kw(config.get("ema")).items():
+        out[k] = T.EMASpec(**v) if isinstance(v, dict) else T.EMASpec(decay=float(v))
+    return out
 
 
 def train(config, workdir) -> dict:
@@ -161,22 +321,31 @@ def train(config, workdir) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     s = _setup(config, workdir)
+    scfg = config.get("sample") or {}
+    _make_step(scfg), _grid(scfg, s["process"])  # a bad sample.* key fails now, not after training
+    if scfg.get("x_init", None) not in (None, "prior", "uniform"):
+        raise ValueError(f"unknown sample.x_init {scfg.get('x_init')!r}; expected 'prior' or "
+                         "'uniform'")
+    if float(scfg.get("guidance", 1.0)) != 1.0 and not s["num_classes"]:
+        raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
+                         "model (model.num_classes)")
     tcfg, lcfg = config.train, _kw(config.loss)
     loss_name = lcfg.pop("name", "ddpm")
-    loss = _pick(LOSSES, loss_name, "loss")
+    loss = _pick(LOSSES, loss_name, "loss.name")
     prediction = _prediction(config.model, loss_name)
     process, net = s["process"], s["net"]
 
     def loss_fn(params, key, batch):
         k_loss, k_drop = jax.random.split(key)
         model = net.bind(params, train=True, key=k_drop)
+        cond = batch.get("label") if s["has_label"] else None
         return loss(model, k_loss, batch["image"], process=process, prediction=prediction,
-                    cond=batch.get("label"), **lcfg)
+                    cond=cond, **lcfg)
 
     ocfg = _kw(config.optim)
     ocfg.setdefault("total_steps", int(tcfg.num_steps))
     optimizer = T.make_optimizer(**ocfg)
-    ema_specs = {k: T.EMASpec(decay=float(v)) for k, v in _kw(config.get("ema")).items()}
+    ema_specs = _ema_specs(config)
     mcfg = _kw(config.get("mesh"))
     mesh = T.make_mesh(mcfg.get("data", -1), mcfg.get("fsdp", 1))
     batch_size = s["batch_size"]
@@ -196,20 +365,78 @@ def train(config, workdir) -> dict:
         batch_sh["label"] = T.batch_sharding(mesh, 1)
     step = T.jit_train_step(T.make_train_step(loss_fn, optimizer, ema_specs, batch_size), sh,
                             batch_sh)
-    to_device = lambda b: T.shard_batch({k: v for k, v in b.items() if k in ("image", "label")}, mesh)
+    keep = ("image", "label") if s["has_label"] else ("image",)
+    to_device = lambda b: T.shard_batch({k: v for k, v in b.items() if k in keep}, mesh)
     meta = {"config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
             "x_shape": list(s["x_shape"]), "version": dj.__version__}
     print(f"training {config.model.name} on {config.data.name} {s['x_shape']} from step {start} "
           f"to {int(tcfg.num_steps)} on {mesh.size} device(s)")
+    from diffjax.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(workdir / "tensorboard")
+    every = int(tcfg.get("sample_every", 0))
+    grid_cb = (lambda st: _sample_with(config, workdir, s, st, quiet=True,
+                                       name=f"samples_{int(st.step):07d}")) if every else None
     state, history = T.fit(state, step, iter(s["loader"]), num_steps=int(tcfg.num_steps),
                            to_device=to_device, checkpointer=ck, loader=s["loader"],
                            save_every=int(tcfg.get("save_every", 1000)),
-                           log_every=int(tcfg.get("log_every", 100)), workdir=workdir, meta=meta)
+                           log_every=int(tcfg.get("log_every", 100)), workdir=workdir, meta=meta,
+                           batch_size=batch_size, writer=writer, callback=grid_cb,
+                           callback_every=every)
     ck.close()
     out = {"start_step": start, "end_step": int(state.step), "history": history}
     if int(state.step) >= int(tcfg.num_steps):
         out["samples"] = _sample_with(config, workdir, s, state)
+        if s["heldout"] is not None:
+            out["quality"] = quality_figure(np.load(workdir / "samples.npz")["samples"], s,
+                                            workdir)
+            writer.scalar("quality/sw1_samples_vs_heldout", out["quality"]["sw1_samples"],
+                          int(state.step))
+    writer.close()
+    summary = {k: v for k, v in out.items() if k != "history"}
+    if history:
+        summary["final_loss"] = history[-1]["loss"]
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print("summary:", json.dumps(summary, default=str))
     return out
+
+
+def quality_figure(samples, s, workdir) -> dict:
+    """How well the samples match held-out data, beside two references, in ``quality.json``.
+
+    * ``classifier score``: the Inception-Score formula with a logistic-regression classifier
+      fitted on the training images (:mod:`diffjax.metrics.classifier_score`; labelled data
+      only), and its mean top-class confidence. Higher is better; held-out real images give
+      the ceiling, a Gaussian fit to the training data (first and second moments only) the
+      floor a model must beat.
+    * ``sliced W1`` in pixel space to the held-out images (lower is better; weakly
+      discriminative at these sample sizes, reported for completeness).
+    """
+    from diffjax.metrics import classifier_score, fit_classifier
+
+    held = s["heldout"].reshape(len(s["heldout"]), -1)
+    n = min(len(held), len(samples))
+    gen = np.asarray(samples, np.float32).reshape(len(samples), -1)[:n]
+    train_imgs = np.asarray(s["source"].images, np.float32).reshape(len(s["source"]), -1)
+    rng = np.random.default_rng(0)
+    gauss = rng.multivariate_normal(train_imgs.mean(0), np.cov(train_imgs.T), size=n)
+    sw = lambda a: dj.analytic.sliced_wasserstein(a, held[:n], num_quantiles=99)
+    q = {"n": n, "sw1_samples": sw(gen), "sw1_train_images": sw(train_imgs[:n]),
+         "sw1_gaussian_fit": sw(gauss)}
+    if s["source"].labels is not None:
+        clf = fit_classifier(train_imgs, s["source"].labels)
+        for name, x in (("samples", gen), ("heldout", held[:n]), ("gaussian_fit", gauss)):
+            c = classifier_score(clf, x)
+            q[f"classifier_score_{name}"] = c["score"]
+            q[f"confidence_{name}"] = c["confidence"]
+        print(f"quality, digit-classifier score over {n} images (higher is better): samples "
+              f"{q['classifier_score_samples']:.2f} | held-out real {q['classifier_score_heldout']:.2f}"
+              f" | Gaussian fit {q['classifier_score_gaussian_fit']:.2f}")
+    (Path(workdir) / "quality.json").write_text(json.dumps(q, indent=2))
+    print(f"quality, sliced W1 to {n} held-out images (lower is better): samples "
+          f"{q['sw1_samples']:.4f} | real training images {q['sw1_train_images']:.4f} | "
+          f"Gaussian fit {q['sw1_gaussian_fit']:.4f}")
+    return q
 
 
 def _grid(cfg, process):
@@ -229,7 +456,39 @@ def _grid(cfg, process):
     raise ValueError(f"unknown sample.grid {kind!r}; expected discrete, uniform, karras or log_snr")
 
 
-def _sample_with(config, workdir, s, state, num_samples=None, seed=None) -> dict:
+def _make_step(scfg):
+    """The sampler step of ``config.sample``: a :data:`diffjax.samplers.SAMPLERS` name with
+    keyword arguments in ``step``, or ``pc`` (``predictor`` name + ``corrector`` in
+    :data:`CORRECTORS` with ``snr`` and ``corrector_steps``)."""
+    name = scfg.get("sampler", "ddim")
+    if name != "pc":
+        _pick(S.SAMPLERS, name, "sample.sampler")
+        return S.get_step(name, **_kw(scfg.get("step")))
+    pname = scfg.get("predictor", "reverse_diffusion")
+    _pick(S.SAMPLERS, pname, "sample.predictor")
+    predictor = S.get_step(pname, **_kw(scfg.get("step")))
+    cname = scfg.get("corrector", "langevin")
+    if cname in (None, "none"):
+        return predictor
+    corrector = _pick(CORRECTORS, cname, "sample.corrector")
+    return S.PredictorCorrector(predictor, corrector(float(scfg.get("snr", 0.16)),
+                                                     int(scfg.get("corrector_steps", 1))))
+
+
+def _x_init(scfg, key, shape):
+    """``sample.x_init``: ``None`` (the process prior) or ``uniform`` (NCSN's start, a uniform
+    draw on ``sample.x_init_range``, default the data range ``(-1, 1)``)."""
+    kind = scfg.get("x_init", None)
+    if kind in (None, "prior"):
+        return None
+    if kind == "uniform":
+        lo, hi = tuple(scfg.get("x_init_range", (-1.0, 1.0)))
+        return jax.random.uniform(jax.random.fold_in(key, 7), shape, jnp.float32, lo, hi)
+    raise ValueError(f"unknown sample.x_init {kind!r}; expected 'prior' or 'uniform'")
+
+
+def _sample_with(config, workdir, s, state, num_samples=None, seed=None, quiet=False,
+                 name="samples") -> dict:
     from diffjax.utils import density_image, image_grid, save_png
 
     scfg = config.get("sample") or {}
@@ -237,21 +496,43 @@ def _sample_with(config, workdir, s, state, num_samples=None, seed=None) -> dict
     which = scfg.get("ema", next(iter(state.ema), None))
     params = state.ema[which] if which else state.params
     model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
-    step = S.get_step(scfg.get("sampler", "ddim"), **_kw(scfg.get("step")))
+    step = _make_step(scfg)
     n = int(num_samples or scfg.get("num_samples", 64))
-    prediction = _prediction(config.model, (config.get("loss") or {}).get("name", "ddpm"))
-    x = dj.sample(model, jax.random.key(int(seed if seed is not None else s["seed"])),
-                  (n,) + s["x_shape"], _grid(scfg, process), step, process=process,
-                  prediction=prediction, clip_x0=scfg.get("clip_x0", None))
+    loss_name = (config.get("loss") or {}).get("name", "ddpm")
+    prediction = _prediction(config.model, loss_name)
+    learned = bool(scfg.get("learned_variance", loss_name in LEARNED_VARIANCE_LOSSES))
+    key = jax.random.key(int(seed if seed is not None else s["seed"]))
+    shape = (n,) + s["x_shape"]
+    cond = None
+    if s["num_classes"]:  # class-conditional: class-balanced labels 0, 1, ..., K-1, 0, ...
+        cond = jnp.arange(n, dtype=jnp.int32) % s["num_classes"]
+        scale = float(scfg.get("guidance", 1.0))
+        if scale != 1.0:
+            from diffjax.models.guidance_cfg import classifier_free_guidance
+
+            channels = scfg.get("guidance_channels", "all")
+            model = classifier_free_guidance(
+                model, scale, channels=channels if channels == "all" else int(channels),
+                null_label=s["num_classes"], learned_variance=learned)
+    elif float(scfg.get("guidance", 1.0)) != 1.0:
+        raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
+                         "model (model.num_classes)")
+    x = dj.sample(model, key, shape, _grid(scfg, process), step, process=process,
+                  prediction=prediction, cond=cond, learned_variance=learned,
+                  x_init=_x_init(scfg, key, shape), clip_x0=scfg.get("clip_x0", None))
     x = np.asarray(x)
     workdir = Path(workdir)
-    np.savez(workdir / "samples.npz", samples=x)
+    np.savez(workdir / f"{name}.npz", samples=x)
     if x.ndim == 2 and x.shape[1] == 2:
-        save_png(workdir / "samples.png", density_image(x))
-    elif x.ndim == 4:
-        save_png(workdir / "samples.png", image_grid(x[:64]))
-    print(f"wrote {n} samples to {workdir / 'samples.npz'} and {workdir / 'samples.png'}")
-    return {"num_samples": n, "path": str(workdir / "samples.png"), "weights": which or "params"}
+        save_png(workdir / f"{name}.png", density_image(x))
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        save_png(workdir / f"{name}.png", image_grid(x[:64]))
+    elif x.ndim == 4:  # latents: a preview of the first 3 channels (not decoded by a VAE)
+        v = x[:64, ..., :3]
+        save_png(workdir / f"{name}.png", image_grid(v / max(float(np.abs(v).max()), 1e-6)))
+    if not quiet:
+        print(f"wrote {n} samples to {workdir / (name + '.npz')} and {workdir / (name + '.png')}")
+    return {"num_samples": n, "path": str(workdir / f"{name}.png"), "weights": which or "params"}
 
 
 def _restore(config, workdir):
@@ -280,7 +561,7 @@ def evaluate(config, workdir, num_samples=None) -> dict:
     s, state = _restore(config, workdir)
     lcfg = _kw(config.loss)
     loss_name = lcfg.pop("name", "ddpm")
-    loss = _pick(LOSSES, loss_name, "loss")
+    loss = _pick(LOSSES, loss_name, "loss.name")
     prediction = _prediction(config.model, loss_name)
     which = (config.get("sample") or {}).get("ema", next(iter(state.ema), None))
     params = state.ema[which] if which else state.params
@@ -292,7 +573,7 @@ def evaluate(config, workdir, num_samples=None) -> dict:
     for i in range(10):
         b = next(it)
         vals.append(float(fn(params, jax.random.key(1000 + i), jnp.asarray(b["image"]),
-                             None if "label" not in b else jnp.asarray(b["label"]))))
+                             jnp.asarray(b["label"]) if s["has_label"] else None)))
     out = {"step": int(state.step), "loss": float(np.mean(vals)), "weights": which or "params"}
     if len(s["x_shape"]) == 1 and s["x_shape"][0] == 2:
         res = _sample_with(config, workdir, s, state, num_samples or 5000)

@@ -9,8 +9,8 @@ Grids are computed in float64 NumPy where the formula allows it, then cast.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.processes import Process, _check_steps
 

@@ -18,7 +18,8 @@ network ``F`` into an ``'x0'`` model.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from flax import struct
