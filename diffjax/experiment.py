@@ -412,7 +412,7 @@ def quality_figure(samples, s, workdir) -> dict:
     * ``sliced W1`` in pixel space to the held-out images (lower is better; weakly
       discriminative at these sample sizes, reported for completeness).
     """
-    from diffjax.metrics import classifier_score, fit_classifier
+    from diffjax.metrics.classifier_score import classifier_score, fit_classifier
 
     held = s["heldout"].reshape(len(s["heldout"]), -1)
     n = min(len(held), len(samples))

@@ -102,6 +102,7 @@ def test_recipe_smoke_trains_checkpoints_and_samples(name, tmp_path):
     assert (work / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # builds every full-size network abstractly (~35 s in all)
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_full_config_model_matches_its_data(name):
     """The full recipe's network is built for the paper's data shape (abstractly, no memory)."""
