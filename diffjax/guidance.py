@@ -194,8 +194,19 @@ class ClassifierGuidance:
         return from_x0_eps(self.prediction, x0_g, eps_g, x, t, self.process)
 
 
+class _StepWrapper(Step):
+    """A step that wraps ``self.step``: its state and cost are the wrapped step's."""
+
+    @property
+    def nfe(self) -> int:
+        return self.step.nfe
+
+    def init(self, x, grid):
+        return self.step.init(x, grid)
+
+
 @struct.dataclass
-class ClassifierMeanShift(Step):
+class ClassifierMeanShift(_StepWrapper):
     """ADM Alg. 1 (guided-diffusion ``condition_mean``) as a wrapper of an ancestral step:
     ``x_s = mu + Sigma * s * grad_x log p(y | x_t, t) + sqrt(Sigma) z``.
 
@@ -227,13 +238,6 @@ class ClassifierMeanShift(Step):
         if variance not in ("small", "large"):
             raise ValueError("step must be an ancestral step with a fixed variance "
                              f"(DDPMAncestral('small' | 'large')); got {self.step!r}")
-
-    @property
-    def nfe(self) -> int:
-        return self.step.nfe
-
-    def init(self, x, grid):
-        return self.step.init(x, grid)
 
     def __call__(self, ctx, x, t, s, state):
         x_next, state = self.step(ctx, x, t, s, state)
@@ -394,7 +398,7 @@ def colorization_matrix() -> np.ndarray:
 
 
 @struct.dataclass
-class Inpaint(Step):
+class Inpaint(_StepWrapper):
     """Replacement conditioning (Song et al. 2021, Score SDE appendix I.2,
     ``controllable_generation.py :: get_pc_inpainter``) around any sampler step.
 
@@ -416,13 +420,6 @@ class Inpaint(Step):
     known: Array
     mask: Array
     transform: Any = None
-
-    @property
-    def nfe(self) -> int:
-        return self.step.nfe
-
-    def init(self, x, grid):
-        return self.step.init(x, grid)
 
     def __call__(self, ctx, x, t, s, state):
         x_next, state = self.step(ctx, x, t, s, state)
