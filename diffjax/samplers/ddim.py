@@ -13,6 +13,7 @@ fixed-small variance. The last step of a grid ending at ``t = 0`` returns ``x0_h
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -36,7 +37,8 @@ class DDIM(Step):
         _, _, var_small, _ = posterior(proc, jnp.maximum(t, s), jnp.minimum(t, s))
         c = self.eta * jnp.sqrt(jnp.where(s < t, var_small, 0.0))
         x_next = proc.alpha(s) * pred.x0 + jnp.sqrt(jnp.maximum(sig_s**2 - c**2, 0.0)) * pred.eps
-        noise = c * ctx.normal(x)
+        # eta is traced: lax.cond skips the per-sample draws entirely for deterministic DDIM
+        noise = jax.lax.cond(self.eta > 0, lambda: c * ctx.normal(x), lambda: jnp.zeros_like(x))
         return x_next + jnp.where(ctx.is_last, 0.0, noise), state
 
 
@@ -48,8 +50,6 @@ def ddim_invert(model, x0, grid, *, process, prediction="eps", cond=None, key=No
     approximation of improved-diffusion's ``ddim_reverse_sample``). Decoding the result with
     ``DDIM(eta=0)`` on the reversed grid reconstructs ``x0`` up to discretisation error.
     """
-    import jax
-
     key = jax.random.key(0) if key is None else key
     return sample(model, key, x0.shape, grid, DDIM(eta=0.0), process=process,
                   prediction=prediction, cond=cond, x_init=x0, **kw)
