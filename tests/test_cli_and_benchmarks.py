@@ -38,6 +38,7 @@ def _script(name):
     return mod
 
 
+@pytest.mark.slow  # compiles a UNet and a DiT train step (~45 s on 2 cores)
 def test_model_presets_benchmark_tiny(tmp_path):
     out = tmp_path / "models.md"
     rows = _script("model_presets").main(["--tiny", "--out", str(out)])
