@@ -76,7 +76,6 @@ def test_learned_variance_interpolates_between_fixed_variances():
 
     def with_v(v):
         def model(x, t, cond=None):
-            eps = dj.parameterization.from_x0_eps("eps", gmm(x, t), None, x, t, proc) if False else None
             x0 = gmm(x, t)
             tb = t[:, None]
             eps = (x - proc.alpha(tb) * x0) / proc.sigma(tb)
