@@ -33,7 +33,8 @@ def _demo_cases(dj, S):
     vp, edm, ve, lin = dj.VP(), dj.EDM(), dj.VE(0.01, 10.0), dj.Linear()
     ddpm = dj.DiscreteVP.linear(1000)
     return [
-        ("DDPM ancestral (T=1000)", S.DDPMAncestral("large"), ddpm, dj.discrete_grid(range(1000), 1000), 1000),
+        ("DDPM ancestral (T=1000)", S.DDPMAncestral("large"), ddpm,
+         dj.discrete_grid(range(1000), 1000), 1000),
         ("DDPM respaced (iDDPM, 100 of 1000)", S.DDPMAncestral("small"), ddpm,
          dj.discrete_grid(dj.processes.space_timesteps(1000, "100"), 1000), 100),
         ("DDIM eta=0 (50 steps)", S.DDIM(0.0), ddpm,
@@ -128,7 +129,7 @@ def _flag_values(argv):
 
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
-        "config", None, "Config file, e.g. configs/ddpm_digits.py (append ':smoke' for the "
+        "config", None, "Config file, e.g. configs/quickstart.py (append ':smoke' for the "
         "seconds-long variant); override keys with --config.key=value.", lock_config=True,
         flag_values=fv, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "Output folder (checkpoints, metrics, samples).",

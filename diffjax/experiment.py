@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -299,8 +298,9 @@ def _setup(config, workdir):
     if not num_classes:
         has_label = False  # an unconditional model never sees the labels
     graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
-    rest = nnx.state(build_model(model_cfg, nnx.Rngs(0)), nnx.Not(nnx.Param)) if len(
-        jax.tree_util.tree_leaves(rest)) else rest
+    if jax.tree_util.tree_leaves(rest):
+        # non-parameter state (fixed tables, RNG counters) must be concrete: build it once
+        rest = nnx.state(build_model(model_cfg, nnx.Rngs(0)), nnx.Not(nnx.Param))
     net = _Net(graphdef, rest, model_cfg, process)
     init_params = lambda key: nnx.state(build_model(model_cfg, nnx.Rngs(key)), nnx.Param)
     return dict(seed=seed, process=process, loader=loader, batch_size=batch_size, heldout=heldout,
