@@ -30,6 +30,8 @@ Paper number: DiT-B/2 FID-50K 43.47 at 400k steps without guidance (DiT scaling 
 
 import ml_collections
 
+from diffjax.experiment import smoke_variant
+
 #: documented default location of the pre-extracted latents (relative to the working directory)
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents.npz"
 
@@ -51,14 +53,9 @@ def get_config(arg=None):
                     guidance=1.0, guidance_channels="all")
     c.mesh = dict(data=-1, fsdp=1)
     if arg == "smoke":
-        c.model = dict(name="dit", preset="DiT-S/2", input_size=8, in_channels=4,
-                       hidden_size=32, depth=1, num_heads=2, num_classes=10,
-                       time_input="ddpm_index", prediction="eps")
-        c.data.batch_size = 16
-        c.train = dict(num_steps=4, log_every=2, save_every=4, max_to_keep=1, sample_every=0)
-        c.sample.num_steps = 4
-        c.sample.num_samples = 4
-        c.mesh = dict(data=1, fsdp=1)
+        smoke_variant(c, dict(name="dit", preset="DiT-S/2", input_size=8, in_channels=4,
+                      hidden_size=32, depth=1, num_heads=2, num_classes=10,
+                      time_input="ddpm_index", prediction="eps"))
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

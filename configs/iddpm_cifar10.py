@@ -29,6 +29,8 @@ Paper number: L_hybrid cosine CIFAR-10 FID 3.19 (spec section 4b, [2nd]) with NL
 
 import ml_collections
 
+from diffjax.experiment import smoke_variant
+
 
 def get_config(arg=None):
     """The recipe; ``arg='smoke'`` gives the seconds-long, download-free variant."""
@@ -48,16 +50,12 @@ def get_config(arg=None):
                     learned_variance=True)
     c.mesh = dict(data=-1, fsdp=1)
     if arg == "smoke":
-        c.model = dict(name="adm", image_size=8, in_channels=1, ch=16, ch_mult=(1,),
-                       num_res_blocks=1, attn_resolutions=(), num_heads=1,
-                       num_head_channels=None, dropout=0.0, num_classes=None,
-                       resblock_updown=False, norm_groups=8, time_input="iddpm_rescaled",
-                       prediction="eps")
-        c.data = dict(name="digits", split="train", batch_size=16, flip=True)
-        c.train = dict(num_steps=4, log_every=2, save_every=4, max_to_keep=1, sample_every=0)
-        c.sample.num_steps = 4
-        c.sample.num_samples = 4
-        c.mesh = dict(data=1, fsdp=1)
+        smoke_variant(c, dict(name="adm", image_size=8, in_channels=1, ch=16, ch_mult=(1,),
+                      num_res_blocks=1, attn_resolutions=(), num_heads=1,
+                      num_head_channels=None, dropout=0.0, num_classes=None,
+                      resblock_updown=False, norm_groups=8, time_input="iddpm_rescaled",
+                      prediction="eps"),
+                      data=dict(name="digits", split="train", flip=True))
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

@@ -21,6 +21,8 @@ Paper number: VP DDPM++ cont. CIFAR-10 FID 2.55, IS 9.58 (score_sde README, spec
 
 import ml_collections
 
+from diffjax.experiment import smoke_variant
+
 
 def get_config(arg=None):
     """The recipe; ``arg='smoke'`` gives the seconds-long, download-free variant."""
@@ -39,15 +41,10 @@ def get_config(arg=None):
                     grid="uniform", num_steps=1000, t_min=1e-3, num_samples=256, ema="ema")
     c.mesh = dict(data=-1, fsdp=1)
     if arg == "smoke":
-        c.model = dict(name="ncsnpp", preset="ddpmpp_cifar10", image_size=8, in_channels=1,
-                       nf=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
-                       time_input="vp_999t", prediction="eps")
-        c.data = dict(name="digits", split="train", batch_size=16, flip=True)
-        c.optim.warmup_steps = 0
-        c.train = dict(num_steps=4, log_every=2, save_every=4, max_to_keep=1, sample_every=0)
-        c.sample.num_steps = 4
-        c.sample.num_samples = 4
-        c.mesh = dict(data=1, fsdp=1)
+        smoke_variant(c, dict(name="ncsnpp", preset="ddpmpp_cifar10", image_size=8, in_channels=1,
+                      nf=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                      time_input="vp_999t", prediction="eps"),
+                      data=dict(name="digits", split="train", flip=True))
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

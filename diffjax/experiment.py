@@ -50,7 +50,7 @@ from diffjax import losses as L
 from diffjax import samplers as S
 from diffjax import train as T
 
-__all__ = ["PROCESSES", "LOSSES", "MODELS", "CORRECTORS", "build_process", "build_model", "train",
+__all__ = ["smoke_variant", "PROCESSES", "LOSSES", "MODELS", "CORRECTORS", "build_process", "build_model", "train",
            "sample", "evaluate"]
 
 PROCESSES = {
@@ -89,6 +89,27 @@ CORRECTORS = {
 
 #: ``model`` keys that configure the wrapper, not the network constructor
 _WRAPPER_KEYS = ("time_input", "prediction", "negate_output", "precond", "sigma_data")
+
+
+def smoke_variant(config, model: dict, data: dict | None = None, *, batch_size: int = 16,
+                  sample_steps: int | None = 4):
+    """Shrink a recipe config in place to its seconds-long ``:smoke`` variant (for configs).
+
+    ``model``: the tiny network; ``data``: a replacement data section (e.g. the embedded
+    digits), else the recipe's own with ``batch_size``. Training: 4 steps, no warm-up, a
+    checkpoint at the end, one device; sampling: ``sample_steps`` steps, 4 samples.
+    """
+    config.model = model
+    if data is not None:
+        config.data = data
+    config.data.batch_size = batch_size
+    config.optim.warmup_steps = 0
+    config.train = dict(num_steps=4, log_every=2, save_every=4, max_to_keep=1, sample_every=0)
+    if sample_steps is not None:
+        config.sample.num_steps = sample_steps
+    config.sample.num_samples = 4
+    config.mesh = dict(data=1, fsdp=1)
+    return config
 
 
 def _kw(section) -> dict:
