@@ -13,7 +13,12 @@ Config sections (all keys optional unless noted):
   ``prediction`` (``eps | x0 | v | score | velocity``), ``precond`` (``edm | vp | ve``: wrap
   the raw network in :class:`diffjax.parameterization.EDMPrecond`, which feeds it ``c_noise``
   and makes it an ``x0`` model; ``time_input`` is then unused) and ``sigma_data``.
-* ``loss``: ``name`` in :data:`LOSSES` + keyword arguments of that loss.
+* ``loss``: ``name`` in :data:`LOSSES` + keyword arguments of that loss; ``schedule_sampler``
+  (:data:`SCHEDULE_SAMPLERS`, DDPM-index losses only) with ``history_per_term`` and
+  ``uniform_prob``.
+* ``method``: ``name`` of a few-step / guidance-in-training method of
+  :mod:`diffjax.methods` (consistency, shortcut, IMM, model guidance), which then supplies the
+  loss, extra EMAs, the initial parameters and the sampler; ``loss`` is unused.
 * ``data``: ``name`` (a dataset name or path for :func:`diffjax.data.get_source`),
   ``batch_size``, ``split``, ``flip``, ``holdout``, ``data_dir`` (TFDS data directory).
 * ``optim``: :func:`diffjax.train.make_optimizer` arguments; ``ema``: name -> decay, or
@@ -50,8 +55,8 @@ from diffjax import losses as L
 from diffjax import samplers as S
 from diffjax import train as T
 
-__all__ = ["smoke_variant", "PROCESSES", "LOSSES", "MODELS", "CORRECTORS", "build_process", "build_model", "train",
-           "sample", "evaluate"]
+__all__ = ["smoke_variant", "PROCESSES", "LOSSES", "SCHEDULE_SAMPLERS", "MODELS", "CORRECTORS",
+           "build_process", "build_model", "train", "sample", "evaluate"]
 
 PROCESSES = {
     "ddpm_linear": lambda num_steps=1000, **kw: dj.DiscreteVP.linear(num_steps, **kw),
@@ -74,10 +79,10 @@ LOSSES = {
     "hybrid": L.hybrid_loss,
     "vlb": L.vlb_loss,
 }
-# Not wired: iDDPM's importance sampler (``LossSecondMomentResampler``) for ``vlb``. Its state
-# (loss history per index) must be carried and updated by the train step from the loss's
-# ``aux``; ``TrainState`` and ``make_train_step`` have no slot for it yet, so ``vlb`` draws t
-# uniformly.
+#: ``loss.schedule_sampler``: how DDPM indices are drawn (iDDPM's ``--schedule_sampler``).
+#: ``loss-second-moment`` is iDDPM's importance sampler for L_vlb (sec. 3.3, eq. 18): its loss
+#: history lives in ``TrainState.extra['resampler']`` and is updated by the train step.
+SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 
 #: losses whose model outputs ``2C`` channels (iDDPM's learned variance)
 LEARNED_VARIANCE_LOSSES = ("hybrid", "vlb")
@@ -337,6 +342,60 @@ def _ema_specs(config) -> dict:
     return out
 
 
+def _training_parts(config, s) -> dict:
+    """Loss, optimizer, EMAs, initial parameters and extra state of a training run.
+
+    Shared by :func:`train` and :func:`_restore` so a checkpoint is restored into exactly the
+    state layout it was saved from (EMA names, ``extra``).
+    """
+    lcfg = _kw(config.loss)
+    loss_name = lcfg.pop("name", "ddpm")
+    loss = _pick(LOSSES, loss_name, "loss.name")
+    prediction = _prediction(config.model, loss_name)
+    process, net = s["process"], s["net"]
+    ema_specs = _ema_specs(config)
+    resampler = _resampler(lcfg, process)
+    if not config.get("method"):
+        import inspect
+
+        accepted = inspect.signature(loss).parameters
+        bad = sorted(k for k in lcfg if k not in accepted or k in ("model", "key", "x0"))
+        if bad:
+            raise ValueError(f"loss.name={loss_name!r} does not take the config keys "
+                             f"{['loss.' + k for k in bad]}")
+    init_params, init_extra, update_extra, method = s["init_params"], None, None, None
+    if config.get("method"):  # a method of diffjax.methods brings its own loss and sampler
+        method = _method(config, s)
+        loss_fn, takes_state = method.loss_fn, True
+        ema_specs.update(method.ema_specs or {})
+        init_params = method.init_params or init_params
+    else:
+        takes_state = resampler is not None
+
+        def loss_fn(params, key, batch, state=None):
+            k_loss, k_drop = jax.random.split(key)
+            model = net.bind(params, train=True, key=k_drop)
+            cond = batch.get("label") if s["has_label"] else None
+            kw = dict(lcfg)
+            if resampler is not None:  # indices drawn from the current loss history
+                kw["t_sampler"] = resampler.time_sampler(state.extra["resampler"])
+            return loss(model, k_loss, batch["image"], process=process, prediction=prediction,
+                        cond=cond, **kw)
+
+    if resampler is not None:
+        init_extra = lambda: {"resampler": resampler.init()}
+
+        def update_extra(extra, aux):  # aux holds the global batch: no all-gather needed
+            return {**extra, "resampler": resampler.update(extra["resampler"], aux["index"],
+                                                           aux["unweighted"])}
+
+    ocfg = _kw(config.optim)
+    ocfg.setdefault("total_steps", int(config.train.num_steps))
+    return dict(loss_fn=loss_fn, takes_state=takes_state, ema_specs=ema_specs,
+                init_params=init_params, init_extra=init_extra, update_extra=update_extra,
+                optimizer=T.make_optimizer(**ocfg), method=method)
+
+
 def train(config, workdir) -> dict:
     """Train from ``config`` in ``workdir`` (resuming if checkpoints exist); then sample."""
     workdir = Path(workdir)
@@ -350,42 +409,32 @@ def train(config, workdir) -> dict:
     if float(scfg.get("guidance", 1.0)) != 1.0 and not s["num_classes"]:
         raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
                          "model (model.num_classes)")
-    tcfg, lcfg = config.train, _kw(config.loss)
-    loss_name = lcfg.pop("name", "ddpm")
-    loss = _pick(LOSSES, loss_name, "loss.name")
-    prediction = _prediction(config.model, loss_name)
-    process, net = s["process"], s["net"]
-
-    def loss_fn(params, key, batch):
-        k_loss, k_drop = jax.random.split(key)
-        model = net.bind(params, train=True, key=k_drop)
-        cond = batch.get("label") if s["has_label"] else None
-        return loss(model, k_loss, batch["image"], process=process, prediction=prediction,
-                    cond=cond, **lcfg)
-
-    ocfg = _kw(config.optim)
-    ocfg.setdefault("total_steps", int(tcfg.num_steps))
-    optimizer = T.make_optimizer(**ocfg)
-    ema_specs = _ema_specs(config)
+    tcfg = config.train
+    parts = _training_parts(config, s)
+    optimizer, ema_specs = parts["optimizer"], parts["ema_specs"]
     mcfg = _kw(config.get("mesh"))
     mesh = T.make_mesh(mcfg.get("data", -1), mcfg.get("fsdp", 1))
+    rules = mcfg.get("rules", None)
     batch_size = s["batch_size"]
     if batch_size % mesh.size:
         raise ValueError(f"data.batch_size={batch_size} must be divisible by the {mesh.size} devices")
 
     def init_state():
-        return T.create_train_state(s["init_params"], optimizer, seed=s["seed"],
-                                    ema_names=tuple(ema_specs), mesh=mesh)
+        return T.create_train_state(parts["init_params"], optimizer, seed=s["seed"],
+                                    ema_names=tuple(ema_specs), mesh=mesh,
+                                    init_extra=parts["init_extra"], rules=rules)
 
     ck = T.Checkpointer(workdir / "checkpoints", max_to_keep=int(tcfg.get("max_to_keep", 3)))
     state = T.restore_or_init(ck, init_state, s["loader"])
     start = int(state.step)
-    sh = T.state_shardings(state, mesh)
+    sh = T.state_shardings(T.abstract_like(state), mesh, rules)
     batch_sh = {"image": T.batch_sharding(mesh, 1 + len(s["x_shape"]))}
     if s["has_label"]:
         batch_sh["label"] = T.batch_sharding(mesh, 1)
-    step = T.jit_train_step(T.make_train_step(loss_fn, optimizer, ema_specs, batch_size), sh,
-                            batch_sh)
+    step = T.jit_train_step(
+        T.make_train_step(parts["loss_fn"], optimizer, ema_specs, batch_size,
+                          loss_takes_state=parts["takes_state"],
+                          update_extra=parts["update_extra"]), sh, batch_sh)
     keep = ("image", "label") if s["has_label"] else ("image",)
     to_device = lambda b: T.shard_batch({k: v for k, v in b.items() if k in keep}, mesh)
     meta = {"config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
@@ -420,6 +469,32 @@ def train(config, workdir) -> dict:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("summary:", json.dumps(summary, default=str))
     return out
+
+
+def _resampler(lcfg: dict, process):
+    """``loss.schedule_sampler`` (popped from ``lcfg``): None for uniform indices, else iDDPM's
+    :class:`~diffjax.losses.LossSecondMomentResampler` over the process's ``T`` indices."""
+    kind = lcfg.pop("schedule_sampler", "uniform")
+    opts = {k: lcfg.pop(k) for k in ("history_per_term", "uniform_prob") if k in lcfg}
+    if kind not in SCHEDULE_SAMPLERS:
+        raise ValueError(f"unknown loss.schedule_sampler {kind!r}; expected one of "
+                         f"{list(SCHEDULE_SAMPLERS)}")
+    if kind == "uniform":
+        if opts:
+            raise ValueError(f"loss keys {sorted(opts)} need loss.schedule_sampler="
+                             "'loss-second-moment'")
+        return None
+    if not isinstance(process, dj.DiscreteVP):
+        raise ValueError("loss.schedule_sampler='loss-second-moment' draws DDPM indices and "
+                         "needs a discrete process (process.name ddpm_linear or ddpm_cosine)")
+    return L.LossSecondMomentResampler(process.num_steps, **opts)
+
+
+def _method(config, s):
+    """The :mod:`diffjax.methods` method named by ``config.method.name``."""
+    from diffjax import methods
+
+    return methods.build_method(config, s)
 
 
 def quality_figure(samples, s, workdir) -> dict:
@@ -538,9 +613,12 @@ def _sample_with(config, workdir, s, state, num_samples=None, seed=None, quiet=F
     elif float(scfg.get("guidance", 1.0)) != 1.0:
         raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
                          "model (model.num_classes)")
-    x = dj.sample(model, key, shape, _grid(scfg, process), step, process=process,
-                  prediction=prediction, cond=cond, learned_variance=learned,
-                  x_init=_x_init(scfg, key, shape), clip_x0=scfg.get("clip_x0", None))
+    if config.get("method"):  # the method's own (few-step) sampler
+        x = _method(config, s).sample(params, key, n, cond)
+    else:
+        x = dj.sample(model, key, shape, _grid(scfg, process), step, process=process,
+                      prediction=prediction, cond=cond, learned_variance=learned,
+                      x_init=_x_init(scfg, key, shape), clip_x0=scfg.get("clip_x0", None))
     x = np.asarray(x)
     workdir = Path(workdir)
     np.savez(workdir / f"{name}.npz", samples=x)
@@ -558,9 +636,10 @@ def _sample_with(config, workdir, s, state, num_samples=None, seed=None, quiet=F
 
 def _restore(config, workdir):
     s = _setup(config, workdir)
-    optimizer = T.make_optimizer(**{**_kw(config.optim), "total_steps": int(config.train.num_steps)})
-    ema_names = tuple(_kw(config.get("ema")))
-    template = T.create_train_state(s["init_params"], optimizer, seed=s["seed"], ema_names=ema_names)
+    parts = _training_parts(config, s)
+    template = T.create_train_state(parts["init_params"], parts["optimizer"], seed=s["seed"],
+                                    ema_names=tuple(parts["ema_specs"]),
+                                    init_extra=parts["init_extra"])
     ck = T.Checkpointer(Path(workdir) / "checkpoints")
     found = ck.restore_latest(T.abstract_like(template))
     ck.close()

@@ -138,3 +138,25 @@ def test_recipe_bad_inputs_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config key 'nope'"):
         cli.main(["train"] + ddpm + ["--config.model.nope=1"])
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_iddpm_vlb_with_importance_sampling_trains_checkpoints_and_restores(tmp_path):
+    """L_vlb with iDDPM's loss-second-moment sampler through the command line: the loss
+    history is carried by the train step, checkpointed, and restored for sampling."""
+    from diffjax import experiment as E
+
+    work = tmp_path / "work"
+    cfg = _load(ROOT / "configs" / "iddpm_cifar10.py").get_config("smoke")
+    with pytest.raises(ValueError, match=r"'vlb' does not take the config keys \['loss.lam'\]"):
+        cli.main(["train"] + _recipe_args("iddpm_cifar10", tmp_path, work)
+                 + ["--config.loss.name=vlb"])
+    cfg.loss = dict(name="vlb", schedule_sampler="loss-second-moment")
+    out = E.train(cfg, work)
+    assert out["end_step"] == 4
+    _, state = E._restore(cfg, work)  # the checkpoint holds the loss history
+    counts = np.asarray(state.extra["resampler"].counts)
+    assert counts.shape == (4000,) and counts.sum() == 4 * cfg.data.batch_size
+    assert E.sample(cfg, work, num_samples=2)["num_samples"] == 2
+    with pytest.raises(ValueError, match="loss.schedule_sampler"):
+        cli.main(["train"] + _recipe_args("iddpm_cifar10", tmp_path, tmp_path / "b")
+                 + ["--config.loss.schedule_sampler=nope"])

@@ -240,3 +240,95 @@ def test_gradient_accumulation_matches_the_large_batch_step():
     # and the accumulated parameters did move
     s0 = T.create_train_state(mlp_init, acc, seed=1, ema_names=())
     assert not np.allclose(np.asarray(s0.params["w3"]), np.asarray(s_acc.params["w3"]))
+
+
+def test_logical_axis_names_shard_parameters_and_moments():
+    """A DiT's parameters are sharded from their logical names (``embed -> fsdp``), optimizer
+    moments and EMAs exactly like their parameters, and a (data=2, fsdp=4) run matches 1 device."""
+    from flax import nnx
+
+    from diffjax.models import DiT, dit_config
+    from diffjax.models.layers import logical_to_pspec
+
+    cfg = dit_config("DiT-S/2", input_size=4, in_channels=2, hidden_size=32, depth=1, num_heads=2,
+                     num_classes=3, learn_sigma=False)
+    init = lambda key: nnx.state(DiT(cfg, rngs=nnx.Rngs(key)), nnx.Param)
+    graphdef, _, rest = nnx.split(DiT(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    opt = T.make_optimizer("adamw", 1e-3)
+    x = jax.random.normal(jax.random.key(0), (8, 4, 4, 2))
+    y = jnp.arange(8) % 3
+
+    def dit_loss(params, key, batch):
+        net = nnx.merge(graphdef, params, rest)
+        model = lambda xt, t, c=None: net(xt, t * 1000.0, c)
+        return dj.losses.ddpm_loss(model, key, batch["image"], process=PROC, cond=batch["label"])
+
+    runs = []
+    for mesh in (T.make_mesh(devices=jax.devices()[:1]), T.make_mesh(data=2, fsdp=4)):
+        state = T.create_train_state(init, opt, seed=0, ema_names=("ema",), mesh=mesh)
+        sh = T.state_shardings(state, mesh)
+        is_var = lambda v: isinstance(v, nnx.Variable)
+        params = jax.tree_util.tree_leaves(state.params, is_leaf=is_var)
+        if mesh.shape["fsdp"] == 4:
+            sharded = 0
+            for v in params:
+                want = logical_to_pspec(v.get_metadata()["out_sharding"], None, mesh, v.shape)
+                assert v.get_value().sharding.spec == want
+                sharded += "fsdp" in jax.tree_util.tree_leaves(tuple(want))
+            assert sharded >= 6  # every kernel with an `embed` axis of width 32
+            moments = [v for v in jax.tree_util.tree_leaves(state.opt_state, is_leaf=is_var)
+                       if is_var(v)]
+            assert len(moments) == 2 * len(params)  # Adam's mu and nu, in parameter order
+            copies = moments[:len(params)], moments[len(params):], jax.tree_util.tree_leaves(
+                state.ema["ema"], is_leaf=is_var)
+            for copy in copies:
+                for p, m in zip(params, copy):
+                    assert m.get_value().sharding == p.get_value().sharding
+        step = T.jit_train_step(T.make_train_step(dit_loss, opt, {"ema": T.EMASpec(decay=0.9)}, 8),
+                                sh, {"image": T.batch_sharding(mesh, 4), "label": T.batch_sharding(mesh, 1)})
+        losses = []
+        for i in range(3):
+            state, m = step(state, T.shard_batch({"image": np.asarray(x * (1 + 0.1 * i)),
+                                                  "label": np.asarray(y)}, mesh))
+            losses.append(float(m["loss"]))
+        runs.append((losses, jax.tree_util.tree_map(np.asarray, state.params)))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(runs[0][1]), jax.tree_util.tree_leaves(runs[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_importance_sampler_state_is_carried_by_the_train_step():
+    """iDDPM's loss-second-moment sampler inside the jitted step: with losses that depend on the
+    index only, its history holds exactly those losses and the sampling distribution becomes
+    p_i ∝ sqrt(E[L_i^2]) mixed with uniform (Nichol & Dhariwal 2021, eq. 18)."""
+    num, hist = 4, 3
+    rs = dj.losses.LossSecondMomentResampler(num, history_per_term=hist, uniform_prob=0.1)
+    level = jnp.array([1.0, 2.0, 3.0, 6.0])  # L_i, known in closed form
+
+    def loss_fn(params, key, batch, state):
+        ts = rs.time_sampler(state.extra["resampler"])(key, 16)
+        unweighted = level[ts.index] * params["w"] ** 2  # w = 1 at init and 0 lr: fixed
+        return ts.weight * unweighted, {"index": ts.index, "unweighted": unweighted}
+
+    def update(extra, aux):
+        return {"resampler": rs.update(extra["resampler"], aux["index"], aux["unweighted"])}
+
+    opt = T.make_optimizer("adam", 0.0)
+    state = T.create_train_state(lambda k: {"w": jnp.ones(())}, opt, ema_names=(),
+                                 init_extra=lambda: {"resampler": rs.init()})
+    step = jax.jit(T.make_train_step(loss_fn, opt, {}, 16, loss_takes_state=True,
+                                     update_extra=update))
+    for _ in range(12):
+        state, m = step(state, {})
+    r = state.extra["resampler"]
+    assert rs.warmed_up(r)
+    np.testing.assert_allclose(np.asarray(r.history), np.repeat(level[:, None], hist, 1))
+    p = np.asarray(rs.probs(r))
+    np.testing.assert_allclose(p, 0.9 * np.asarray(level) / 12.0 + 0.1 / num, rtol=1e-6)
+    # a skipped (non-finite) step leaves the history untouched
+    bad = T.make_train_step(lambda *a: (jnp.full((16,), jnp.nan), {"index": jnp.zeros(16, jnp.int32),
+                                                                   "unweighted": jnp.zeros(16)}),
+                            opt, {}, 16, loss_takes_state=True, update_extra=update)
+    state2, m = jax.jit(bad)(state, {})
+    assert float(m["finite"]) == 0.0
+    np.testing.assert_array_equal(np.asarray(state2.extra["resampler"].history), np.asarray(r.history))

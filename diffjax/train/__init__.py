@@ -9,6 +9,7 @@ from diffjax.train.sharding import (
     fsdp_spec,
     make_mesh,
     param_shardings,
+    param_spec,
     replicated,
     shard_batch,
 )
