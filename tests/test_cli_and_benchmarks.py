@@ -56,3 +56,22 @@ def test_sampler_overhead_benchmark_tiny(tmp_path):
     sizes = [row[3] for row in res["compile"]]
     assert abs(sizes[0] - sizes[1]) / sizes[0] < 0.02  # one scan body whatever the step count
     assert "Retraces when the guidance scale changes" in out.read_text()
+
+
+def test_accelerator_speed_benchmark_tiny_and_bf16_dots(tmp_path):
+    """The issue-6 benchmark runs end to end (tiny models) and its HLO check tells bf16 compute
+    from fp32: with ``dtype=bf16`` the DiT train step's matmuls take bf16 operands (all but the
+    XLA attention's backward, whose probability cotangent stays fp32), with fp32 none do."""
+    import jax.numpy as jnp
+
+    mod = _script("accelerator_speed")
+    out = tmp_path / "speed.md"
+    res = mod.main(["--tiny", "--out", str(out)])
+    (row,) = res["rows"]
+    assert row["img_s"] > 0 and row["dots"] > 20
+    assert row["bf16_dots"] >= row["dots"] - 4
+    assert res["sampling"]["img_s"] > 0
+    assert "| tiny DiT | 8 | no |" in out.read_text()
+    state, step, batch = mod._train_parts("tiny DiT", 8, jnp.float32, False, None)
+    bf16, dots, fused = mod.hlo_checks(step.lower(state, batch), None)
+    assert bf16 == 0 and dots == row["dots"] and not fused
