@@ -464,10 +464,14 @@ def test_lightningdit_options_remat_and_extras():
         return jnp.sum(m(x, t, cond) ** 2)
 
     v0, g0 = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(params)
-    v1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(params)
-    assert np.isfinite(float(v0)) and abs(float(v0) - float(v1)) < 1e-5 * max(1.0, abs(float(v0)))
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    for remat in (True, "dots_with_no_batch_dims_saveable"):  # full remat and a policy
+        v1, g1 = jax.jit(jax.value_and_grad(lambda p, r=remat: loss(p, r)))(params)
+        assert np.isfinite(float(v0))
+        assert abs(float(v0) - float(v1)) < 1e-5 * max(1.0, abs(float(v0)))
+        for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    with pytest.raises(ValueError, match="checkpoint_policies"):
+        cfg.replace(remat="save_everything_please").validate()
     # the SwiGLU hidden width and the second scalar / cross-attention parameters exist
     m = nnx.merge(g, params, rest)
     assert m.blocks[0].mlp.w12.kernel.shape == (64, 2, int(2 / 3 * 256))

@@ -105,7 +105,11 @@ class DiTConfig:
       frequency_embedding_size: sinusoidal features of the timestep embedder (256).
       dtype: compute dtype; param_dtype: parameter dtype (fp32).
       precision: ``jax.lax.Precision`` of matmuls (None: backend default).
-      remat: rematerialise each block in the backward pass (``nnx.remat``).
+      remat: rematerialise each block in the backward pass (``nnx.remat``): ``True`` saves
+        nothing inside a block (least memory), or the name of a ``jax.checkpoint_policies``
+        policy, e.g. ``'dots_with_no_batch_dims_saveable'`` (keep the weight matmuls' outputs,
+        recompute attention and elementwise work: most of remat's memory saving for a fraction
+        of its recompute cost) or ``'nothing_saveable'``.
       attention_impl: ``jax.nn.dot_product_attention`` implementation (None, 'xla', 'cudnn').
       time_input: default :func:`diffjax.adapters.time_input` kind for :func:`as_denoiser`.
       prediction: what the network predicts in diffjax terms (documentation for samplers).
@@ -138,7 +142,7 @@ class DiTConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
-    remat: bool = False
+    remat: bool | str = False
     attention_impl: str | None = None
     time_input: str = "ddpm_index"
     prediction: str = "eps"
@@ -178,6 +182,9 @@ class DiTConfig:
             raise ValueError(f"norm_type must be 'layernorm' or 'rmsnorm'; got {self.norm_type!r}")
         if self.discard_sigma and not self.learn_sigma:
             raise ValueError("discard_sigma needs learn_sigma=True")
+        if isinstance(self.remat, str) and not hasattr(jax.checkpoint_policies, self.remat):
+            raise ValueError(f"remat={self.remat!r} is not a jax.checkpoint_policies name (or "
+                             "use True / False)")
         return self
 
 
@@ -400,8 +407,10 @@ class DiT(nnx.Module):
             ctx = jnp.asarray(ctx)
         for block in self.blocks:
             if cfg.remat:
-                h = nnx.remat(lambda blk, h_, c_, r_, x_, m_: blk(h_, c_, r_, x_, m_))(
-                    block, h, c, rope, ctx, ctx_mask)
+                policy = (getattr(jax.checkpoint_policies, cfg.remat)
+                          if isinstance(cfg.remat, str) else None)
+                h = nnx.remat(lambda blk, h_, c_, r_, x_, m_: blk(h_, c_, r_, x_, m_),
+                              policy=policy)(block, h, c, rope, ctx, ctx_mask)
             else:
                 h = block(h, c, rope, ctx, ctx_mask)
         out = self.unpatchify(self.final_layer(h, c)).astype(jnp.float32)
