@@ -128,7 +128,7 @@ def test_jax_feature_driver_sharded_closed_form():
     assert same["precision"] == same["recall"] == 1.0
 
 
-@pytest.mark.slow  # compiles the Inception at 75 px twice (~20 s on 2 cores)
+@pytest.mark.slow  # compiles the Inception at 75 px twice (~45 s on 2 shared cores)
 def test_random_init_inception_through_driver():
     """The Inception feature space (seeded random weights, 75 px to keep it cheap) gives the
     network's own outputs through the sharded, padded driver; a set against itself has FID 0."""
@@ -350,7 +350,7 @@ def test_cli_eval_images_digits(tmp_path):
                   "--config.eval.features=inception"])
 
 
-@pytest.mark.slow  # trains the digits UNet smoke config (~60-90 s on 2 cores)
+@pytest.mark.slow  # trains the digits UNet smoke config, VLB over T = 1000 (~2.5 min)
 def test_cli_eval_digits_smoke_checkpoint(tmp_path):
     """The quickstart smoke run, then `eval` of its checkpoint with the digit-classifier
     features; its saved uint8 samples evaluated with `--images` give the same numbers."""
