@@ -36,6 +36,7 @@ Array = Any
 
 __all__ = [
     "ct_schedule",
+    "ct_schedule_fn",
     "cm_sigma",
     "teacher_step",
     "cd_target",
@@ -82,6 +83,62 @@ def ct_schedule(step: int, total_steps: int, start_scales: int = 2, end_scales: 
     n = max(n, 1)
     mu = math.exp(s0 * math.log(start_ema) / n)
     return mu, n + 1
+
+
+class ct_schedule_fn:  # noqa: N801 -- used like a function: ``ct_schedule_fn(...)(step)``
+    """:func:`ct_schedule` as a traced function of the step, for a jitted train step.
+
+    ``ct_schedule_fn(K, s0, s1, mu0)(step) -> (mu, N)`` with ``step`` a traced int32 scalar.
+    ``n(k)`` is a step function of ``k`` with at most ``s1`` values, so the first step of
+    every value is found once on the host with the float64 :func:`ct_schedule` (bisection;
+    ``n(k)`` is non-decreasing) and ``n`` is then ``1 + #(boundaries <= k)``: integer
+    comparisons, equal to the host schedule at every step (no float32 ``ceil`` at a perfect
+    square). ``mu = exp(s0 log(mu0) / n)`` in float32 (reference semantics, spec Appendix B
+    #1). Instances are hashable by their arguments, so
+    ``EMASpec(decay_fn=ct_schedule_fn(...).mu)`` is a valid static field.
+
+    Args:
+      total_steps, start_scales, end_scales, start_ema: as :func:`ct_schedule`.
+    """
+
+    def __init__(self, total_steps: int, start_scales: int = 2, end_scales: int = 150,
+                 start_ema: float = 0.9):
+        ct_schedule(0, total_steps, start_scales, end_scales, start_ema)  # validates
+        self.args = (int(total_steps), start_scales, end_scales, float(start_ema))
+        n_of = lambda k: ct_schedule(k, *self.args)[1] - 1
+        n_max = n_of(total_steps)
+        bounds = []
+        for target in range(n_of(0) + 1, n_max + 1):
+            lo, hi = 0, total_steps  # n_of(lo) < target <= n_of(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if n_of(mid) < target else (lo, mid)
+            bounds.append(hi)
+        self.n0 = n_of(0)
+        self.bounds = np.asarray(bounds, np.int64)
+
+    def __hash__(self):
+        return hash(("ct_schedule_fn",) + self.args)
+
+    def __eq__(self, other):
+        return isinstance(other, ct_schedule_fn) and other.args == self.args
+
+    def num_scales(self, step: Array) -> Array:
+        """``N(k)`` as int32 (``k`` past ``total_steps`` keeps the last value)."""
+        k = jnp.asarray(step, jnp.int32)
+        if self.bounds.size == 0:
+            return jnp.full(jnp.shape(k), self.n0 + 1, jnp.int32)
+        b = jnp.asarray(np.minimum(self.bounds, np.iinfo(np.int32).max), jnp.int32)
+        n = self.n0 + jnp.sum(k[..., None] >= b, axis=-1).astype(jnp.int32)
+        return n + 1
+
+    def mu(self, step: Array) -> Array:
+        """``mu(k) = exp(s0 log(mu0) / n(k))`` (float32)."""
+        n = (self.num_scales(step) - 1).astype(jnp.float32)
+        return jnp.exp(float(self.args[1]) * math.log(self.args[3]) / n)
+
+    def __call__(self, step: Array) -> tuple[Array, Array]:
+        return self.mu(step), self.num_scales(step)
 
 
 def cm_sigma(i: Array, num_scales: Array, sigma_min: float = 0.002, sigma_max: float = 80.0,
