@@ -586,6 +586,13 @@ def _x_init(scfg, key, shape):
     raise ValueError(f"unknown sample.x_init {kind!r}; expected 'prior' or 'uniform'")
 
 
+def _replicated(params):
+    """``params`` replicated on every device: the sampler driver shards each batch over all
+    devices, whatever mesh (one device, FSDP) the training state lives on."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def _sample_with(config, workdir, s, state, num_samples=None, seed=None, quiet=False,
                  name="samples") -> dict:
     from diffjax.utils import density_image, image_grid, save_png
@@ -593,7 +600,7 @@ def _sample_with(config, workdir, s, state, num_samples=None, seed=None, quiet=F
     scfg = config.get("sample") or {}
     process, net = s["process"], s["net"]
     which = scfg.get("ema", next(iter(state.ema), None))
-    params = state.ema[which] if which else state.params
+    params = _replicated(state.ema[which] if which else state.params)
     model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
     step = _make_step(scfg)
     n = int(num_samples or scfg.get("num_samples", 64))
@@ -696,9 +703,7 @@ def _eval_sampler(config, s, state):
     process, net = s["process"], s["net"]
     which = scfg.get("ema", next(iter(state.ema), None))
     params = state.ema[which] if which else state.params
-    # replicated over all devices: the driver shards each chunk over all of them
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    params = _replicated(params)
     model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
     loss_name = (config.get("loss") or {}).get("name", "ddpm")
     prediction = _prediction(config.model, loss_name)

@@ -156,7 +156,8 @@ def test_iddpm_vlb_with_importance_sampling_trains_checkpoints_and_restores(tmp_
     _, state = E._restore(cfg, work)  # the checkpoint holds the loss history
     counts = np.asarray(state.extra["resampler"].counts)
     assert counts.shape == (4000,) and counts.sum() == 4 * cfg.data.batch_size
-    assert E.sample(cfg, work, num_samples=2)["num_samples"] == 2
+    # 8 samples over the 8 devices while the state lives on a 1-device mesh (smoke: data=1)
+    assert E.sample(cfg, work, num_samples=8)["num_samples"] == 8
     with pytest.raises(ValueError, match="loss.schedule_sampler"):
         cli.main(["train"] + _recipe_args("iddpm_cifar10", tmp_path, tmp_path / "b")
                  + ["--config.loss.schedule_sampler=nope"])
