@@ -49,7 +49,7 @@ def get_config(arg=None):
     c.sample = dict(num_samples=256, ema="ema")
     c.mesh = dict(data=-1, fsdp=1)
     if arg == "smoke":
-        smoke_variant(c, dict(name="adm", image_size=8, in_channels=1, ch=16, ch_mult=(1, 2),
+        smoke_variant(c, dict(name="adm", image_size=8, in_channels=1, ch=32, ch_mult=(1, 2),
                       num_res_blocks=1, attn_resolutions=(), num_head_channels=8, dropout=0.0,
                       num_classes=10, learn_sigma=False, precond="edm", sigma_data=0.5),
                       data=dict(name="digits", split="train", flip=False), sample_steps=None)

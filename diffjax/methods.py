@@ -285,9 +285,8 @@ def _build_shortcut(config, s, m: _Keys) -> Method:
     M = int(m("denoise_timesteps", 128))
     every = int(m("bootstrap_every", 8))
     sc_lib.bootstrap_levels(int(s["batch_size"]), M, every)  # validates B, M, every now
-    ema_name = m("bootstrap_ema", "ema")
-    ema_specs = _ema_spec(config, ema_name, m("bootstrap_ema_decay", None),
-                          "bootstrap_ema_decay") if ema_name else {}
+    ema_name, decay = m("bootstrap_ema", "ema"), m("bootstrap_ema_decay", None)
+    ema_specs = _ema_spec(config, ema_name, decay, "bootstrap_ema_decay") if ema_name else {}
     num_classes = s["num_classes"] if s["has_label"] else None
     tkw = dict(denoise_timesteps=M, bootstrap_every=every,
                class_dropout_prob=float(m("class_dropout_prob", 0.1)),
@@ -343,8 +342,9 @@ def _build_imm(config, s, m: _Keys) -> Method:
     if int(s["batch_size"]) % lkw["group_size"]:
         raise ValueError(f"data.batch_size={s['batch_size']} must be divisible by "
                          f"config.method.group_size={lkw['group_size']}")
-    target = m("target_ema", None)  # None: online parameters under stop-gradient (spec B #7)
-    ema_specs = _ema_spec(config, target, m("target_decay", None), "target_decay") if target else {}
+    # no target EMA: online parameters under stop-gradient (spec Appendix B #7)
+    target, decay = m("target_ema", None), m("target_decay", None)
+    ema_specs = _ema_spec(config, target, decay, "target_decay") if target else {}
     skw = dict(num_steps=int(m("sample_steps", 1)), kind=kind, T=lkw["T"], eps_t=lkw["eps_t"],
                grid=m("sample_grid", "uniform"), mid_eta=m("mid_eta", None), sigma_data=sd)
     cfg_scale = m("cfg_scale", None)
