@@ -528,3 +528,210 @@ def test_mg_bookkeeping_and_grad():
         mg.mg_targets(v, jax.random.key(0), x0, labels[:3], num_classes=NULL, step=0)
     with pytest.raises(ValueError, match="drop_prob"):
         mg.mg_targets(v, jax.random.key(0), x0, labels, num_classes=NULL, step=0, drop_prob=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training plumbing: CT's traced schedule, scheduled EMAs, ToyMLP's second scalar,
+# diffjax.methods (the trainer's ``config.method``), the toy comparison and recipe smokes
+# ---------------------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from diffjax import methods as methods_lib  # noqa: E402
+from diffjax import train as T  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("setting", [(800_000, 2, 150, 0.9), (800_000, 2, 200, 0.95),
+                                     (37, 2, 5, 0.8)])
+def test_ct_schedule_fn_equals_host_schedule(setting):
+    # the traced schedule against the float64 host one (spec §2c.2 vectors included), at every
+    # boundary of N(k) and its neighbours, where a float32 ceil would slip
+    K = setting[0]
+    fn = cm.ct_schedule_fn(*setting)
+    ks = sorted({0, 1, 1000, 100_000, 400_000, K} & set(range(K + 1))
+                | {int(b) + d for b in fn.bounds for d in (-1, 0, 1)})
+    mu, n = jax.jit(jax.vmap(fn))(np.asarray(ks, np.int32))
+    for k, m_, n_ in zip(ks, np.asarray(mu), np.asarray(n), strict=True):
+        want_mu, want_n = cm.ct_schedule(k, *setting)
+        assert int(n_) == want_n, k
+        assert abs(float(m_) - want_mu) <= 2e-7, k
+
+
+def test_scheduled_ema_spec():
+    fn = cm.ct_schedule_fn(100, 2, 10, 0.9)
+    spec = T.EMASpec(decay_fn=fn.mu)
+    e, p = {"w": jnp.full((3,), 2.0)}, {"w": jnp.full((3,), 1.0)}
+    for step in (0, 57):
+        mu = cm.ct_schedule(step, 100, 2, 10, 0.9)[0]
+        out = jax.jit(lambda e, p, k: T.update_emas({"t": e}, p, {"t": spec}, k, 8))(e, p, step)
+        np.testing.assert_allclose(out["t"]["w"], mu * 2.0 + (1.0 - mu) * 1.0, rtol=1e-6)
+    # the fixed decay keeps its "0 on the first step" rule; the schedule is applied as given
+    assert float(T.ema_decay(T.EMASpec(decay=0.5), 0, 8)) == 0.0
+    assert abs(float(T.ema_decay(spec, 0, 8)) - 0.81) < 1e-6
+    with pytest.raises(ValueError, match="exactly one"):
+        T.EMASpec(decay=0.9, decay_fn=fn.mu)
+    with pytest.raises(ValueError, match="decay_fn"):
+        T.EMASpec(decay_fn=0.9)
+
+
+def test_toy_mlp_second_scalar():
+    from flax import nnx
+
+    from diffjax.models import ToyMLP
+
+    x, t = jnp.ones((4, 2)), jnp.full((4,), 0.5)
+    y = jnp.array([0, 1, 2, 3])
+
+    @jax.jit
+    def outputs(key):
+        net = ToyMLP(width=16, depth=1, num_classes=3, second_scalar=True, rngs=nnx.Rngs(key))
+        net.out.kernel[...] = jax.random.normal(key, net.out.kernel.shape)  # not zero-init
+        return (net(x, t, {"s": jnp.zeros(4), "y": y}),
+                net(x, t, {"s": jnp.full((4,), 3.0), "y": y}, train=True))
+
+    a, b = outputs(jax.random.key(0))
+    assert a.shape == (4, 2) and float(jnp.max(jnp.abs(a - b))) > 1e-4  # s is used
+    net = nnx.eval_shape(lambda: ToyMLP(width=16, depth=1, second_scalar=True,
+                                        rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="second_scalar"):
+        jax.eval_shape(lambda: net(x, t, None))
+    plain = nnx.eval_shape(lambda: ToyMLP(width=16, depth=1, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="second_scalar"):
+        jax.eval_shape(lambda: plain(x, t, {"s": jnp.zeros(4)}))
+
+
+def _toy_module():
+    """``experiments/few_step_toy.py`` (not a package: loaded from its path)."""
+    import importlib.util
+    import sys
+
+    if "few_step_toy" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "few_step_toy", ROOT / "experiments" / "few_step_toy.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules["few_step_toy"] = mod
+    return sys.modules["few_step_toy"]
+
+
+def _toy_setup(model_kw, process, batch=16, classes=0):
+    toy = _toy_module()
+    c = toy.base_config(16, 1, 10, **model_kw, **({"num_classes": classes} if classes else {}))
+    c.process = dict(name=process)
+    return c, toy.setup(c, batch)
+
+
+def test_build_method_specs_and_errors():
+    c, s = _toy_setup(dict(precond="edm"), "edm")
+    c.method = dict(name="ct", start_scales=2, end_scales=150, start_ema=0.9)
+    m = methods_lib.build_method(c, s)
+    # the trainer adds CT's target EMA, updated with the reference's mu(0) = mu0^2
+    assert set(m.ema_specs) == {"target"}
+    assert abs(float(T.ema_decay(m.ema_specs["target"], 0, 16)) - 0.81) < 1e-6
+    assert m.init_params is None and m.nfe == 1
+    # CD: the student starts from the (in-memory) teacher; the target EMA has the given rate
+    teacher = s["init_params"](jax.random.key(5))
+    c.method = dict(name="cd", target_decay=0.95, sample_ts=(0, 9, 17), sample_grid=18)
+    m = methods_lib.build_method(c, s, teacher=(s["net"], teacher))
+    assert m.nfe == 2 and m.ema_specs["target"].decay == 0.95
+    got = m.init_params(jax.random.key(0))
+    for a_, b_ in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(teacher),
+                      strict=True):
+        np.testing.assert_array_equal(a_, b_)
+    x = jax.jit(lambda p, k: m.sample(p, k, 5, None))(teacher, jax.random.key(0))
+    assert x.shape == (5, 2) and bool(jnp.all(jnp.isfinite(x)))
+    bad = [
+        (dict(name="nope"), "method.name"),
+        (dict(name="ct", bogus=1), "bogus"),
+        (dict(name="cd"), "config.ema.target"),
+        (dict(name="cd", target_decay=0.9), "teacher_workdir"),
+        (dict(name="cd", metric="lpips", target_ema=""), "lpips"),
+        (dict(name="ct", sample_ts=(0, 20), sample_grid=18), "sample_ts"),
+        (dict(name="imm"), "process.name='linear'"),
+    ]
+    for section, match in bad:
+        c.method = section
+        with pytest.raises(ValueError, match=match):
+            methods_lib.build_method(c, s).init_params(jax.random.key(0))
+    c2, s2 = _toy_setup(dict(), "edm")
+    c2.method = dict(name="ct")
+    with pytest.raises(ValueError, match="model.precond"):
+        methods_lib.build_method(c2, s2)
+    c3, s3 = _toy_setup(dict(second_scalar=True, time_input="sit"), "linear", batch=24)
+    c3.method = dict(name="shortcut")  # 24 // 8 = 3 bootstrap rows < 7 levels
+    with pytest.raises(ValueError, match="bootstrap"):
+        methods_lib.build_method(c3, s3)
+    c3.method = dict(name="mg")
+    with pytest.raises(ValueError, match="class-conditional"):
+        methods_lib.build_method(c3, s3)
+    c3.method = dict(name="shortcut", denoise_timesteps=8, bootstrap_every=8, sample_steps=3)
+    with pytest.raises(ValueError, match="sample_steps"):
+        methods_lib.build_method(c3, s3)
+
+
+def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
+    res = _toy_module().run(tiny=True, out=tmp_path / "toy")
+    md = (tmp_path / "toy.md").read_text()
+    import json
+
+    rows = json.loads((tmp_path / "toy.json").read_text())["rows"]
+    methods = {r["method"] for r in rows}
+    assert {"EDM", "CD", "CT", "Shortcut", "IMM", "MG", "cond. FM"} <= methods
+    assert all(np.isfinite(r["sw1"]) and r["finite"] and np.isfinite(r["final_loss"])
+               for r in rows)
+    assert np.isfinite(res["noise_floor"]) and md.count("\n| ") == len(rows) + 2
+
+
+FEW_STEP_RECIPES = ["cd_cifar10", "ct_cifar10", "cd_imagenet64", "shortcut_dit_b_celebahq256",
+                    "imm_cifar10", "imm_imagenet256", "mg_sit_xl2_imagenet256"]
+
+
+def _recipe_latents(tmp_path, classes):
+    path = tmp_path / f"latents{classes}.npz"
+    rng = np.random.default_rng(0)
+    kw = dict(latents=rng.standard_normal((32, 8, 8, 4)).astype(np.float32))
+    if classes:
+        kw["labels"] = (np.arange(32) % classes).astype(np.int32)
+    np.savez(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) for n in FEW_STEP_RECIPES])
+def test_few_step_recipe_smoke_trains_and_samples(name, tmp_path):
+    """Each recipe's ``:smoke`` variant trains through ``python -m diffjax train`` (the
+    ``method`` dispatch of :func:`diffjax.experiment.train`), checkpoints, and samples with
+    the method's own few-step sampler; losses finite. 15-45 s each on 2 CPU cores, so all
+    are under -m slow; the default suite trains every method through the toy run instead."""
+    import json
+
+    from diffjax import cli
+
+    work = tmp_path / "work"
+    args = ["train", f"--config={ROOT / 'configs' / name}.py:smoke", f"--workdir={work}"]
+    if name.startswith(("shortcut", "imm_imagenet", "mg_")):
+        classes = 0 if name.startswith("shortcut") else 10
+        args.append(f"--config.data.name={_recipe_latents(tmp_path, classes)}")
+    out = cli.main(args)
+    assert out["end_step"] == 4
+    lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(np.isfinite(m_["loss"]) for m_ in lines)
+    x = np.load(work / "samples.npz")["samples"]
+    assert x.shape[0] == 4 and np.all(np.isfinite(x))
+
+
+@pytest.mark.slow  # builds the full-size networks abstractly
+@pytest.mark.parametrize("name", FEW_STEP_RECIPES)
+def test_few_step_recipe_full_config_builds(name):
+    from flax import nnx
+
+    from diffjax import experiment as E
+
+    cfg = methods_lib.load_config(str(ROOT / "configs" / f"{name}.py"))
+    net = nnx.eval_shape(lambda: E.build_model(cfg.model, nnx.Rngs(0)))
+    assert cfg.method.name in methods_lib.METHODS
+    want = {"cd_imagenet64": (64, 64, 3), "cd_cifar10": (32, 32, 3), "ct_cifar10": (32, 32, 3),
+            "imm_cifar10": (32, 32, 3)}.get(name, (32, 32, 4))
+    assert E._model_input(cfg.model, net)[0] == want
