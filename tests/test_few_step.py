@@ -678,7 +678,7 @@ def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
 
     rows = json.loads((tmp_path / "toy.json").read_text())["rows"]
     methods = {r["method"] for r in rows}
-    assert {"EDM", "CD", "CT", "Shortcut", "IMM", "MG", "cond. FM"} <= methods
+    assert {"EDM", "CD", "Shortcut", "IMM", "MG", "cond. FM"} <= methods
     assert all(np.isfinite(r["sw1"]) and r["finite"] and np.isfinite(r["final_loss"])
                for r in rows)
     assert np.isfinite(res["noise_floor"]) and md.count("\n| ") == len(rows) + 2
