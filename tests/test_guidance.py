@@ -535,3 +535,67 @@ def test_trained_noisy_classifier_learns_the_exact_posterior_and_guides():
     # which moved it by -0.08 .. +0.06 over training lengths and learning rates tried.
     assert abs(uncond - prior) < 0.03
     assert guided - uncond > 0.8 * (exact - uncond) and abs(guided - exact) < 0.1
+
+
+# ------------------------------------------------------------ experiments/guidance_toy_images.py
+
+
+def _toy_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "guidance_toy_images.py"
+    spec = importlib.util.spec_from_file_location("guidance_toy_images", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_colour_digits_keep_grey_and_encode_the_class():
+    """The script's colour set: channel mean = 0.6 x exactly (so colourisation's known grey
+    channel is the grey digit), values inside [-1, 1], and the foreground chroma points to the
+    class hue (the colour-accuracy metric's premise)."""
+    mod = _toy_script()
+    from diffjax.data import load_digits
+
+    x, y = load_digits()
+    x, y = np.asarray(x[:200]), np.asarray(y[:200])
+    c = mod.colour_digits(x, y)
+    assert c.shape == (200, 8, 8, 3)
+    np.testing.assert_allclose(c.mean(-1), 0.6 * x[..., 0], atol=1e-6)
+    assert c.min() >= -1.0 and c.max() <= 1.0
+    chroma = mod.chroma_vectors()
+    np.testing.assert_allclose(chroma @ np.ones(3), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(chroma, axis=1), 1.0, atol=1e-6)
+    fg = (x[..., 0] > 0)[..., None]
+    mean_chroma = ((c - c.mean(-1, keepdims=True)) * fg).sum((1, 2))
+    np.testing.assert_array_equal(np.argmax(mean_chroma @ chroma.T, -1), y)
+
+
+@pytest.mark.slow
+def test_guidance_toy_script_tiny(tmp_path):
+    """``experiments/guidance_toy_images.py --tiny`` runs every mode (4 tiny models trained 3
+    steps each, 7 compiled samplers) and writes its grids and a finite table. Marked slow: the
+    run is compilation-bound, 60-100 s of CPU here (see the report); no quality is asserted."""
+    import json
+
+    res = _toy_script().main(["--tiny", "--out", str(tmp_path)])
+    for name in ("unconditional", "conditional", "cfg_w1", "classifier_s1", "classifier_s4",
+                 "inpainting", "colourisation", "super_resolution"):
+        png = tmp_path / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
+    assert (tmp_path / "guidance_toy_tiny.md").read_text().startswith("# Guidance")
+    saved = json.loads((tmp_path / "guidance_toy_tiny.json").read_text())
+
+    def numbers(v):
+        if isinstance(v, dict):
+            return [x for u in v.values() for x in numbers(u)]
+        if isinstance(v, list):
+            return [x for u in v for x in numbers(u)]
+        return [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else []
+
+    vals = numbers(saved)
+    assert len(vals) > 40 and np.all(np.isfinite(vals))
+    assert saved == json.loads(json.dumps(res))
+    for key in ("cfg", "classifier_guidance", "inpainting", "colourisation", "super_resolution"):
+        assert saved[key], key
