@@ -351,7 +351,7 @@ def _training_parts(config, s) -> dict:
     Shared by :func:`train` and :func:`_restore` so a checkpoint is restored into exactly the
     state layout it was saved from (EMA names, ``extra``).
     """
-    lcfg = _kw(config.loss)
+    lcfg = _kw(config.get("loss"))
     loss_name = lcfg.pop("name", "ddpm")
     loss = _pick(LOSSES, loss_name, "loss.name")
     prediction = _prediction(config.model, loss_name)
@@ -372,6 +372,7 @@ def _training_parts(config, s) -> dict:
         loss_fn, takes_state = method.loss_fn, True
         ema_specs.update(method.ema_specs or {})
         init_params = method.init_params or init_params
+        init_extra = method.init_extra
     else:
         takes_state = resampler is not None
 

@@ -66,6 +66,10 @@ class Method:
         weights), or ``None``.
       sample: ``(params, key, n, cond) -> samples (n, *x_shape)``, the method's sampler.
       nfe: network evaluations per sample of ``sample``.
+      init_extra: ``() -> dict`` of arrays the loss reads from ``state.extra`` (CD: the
+        teacher's parameters, ``{'teacher': params}``), or ``None``. Carried in the state
+        rather than closed over, so a large teacher is a jit argument, not a constant baked
+        into the compiled step.
     """
 
     name: str
@@ -74,6 +78,7 @@ class Method:
     init_params: Callable | None
     sample: Callable
     nfe: int
+    init_extra: Callable | None = None
 
 
 def load_config(spec: str):
@@ -225,10 +230,11 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
         for k in ("teacher_workdir", "teacher_config", "teacher_ema", "allow_untrained_teacher"):
             m(k)
         init_params = lambda key: jax.tree_util.tree_map(jnp.asarray, get_teacher()[1])
+        init_extra = lambda: {"teacher": jax.tree_util.tree_map(jnp.asarray, get_teacher()[1])}
 
         def loss_fn(params, key, batch, state):
-            tnet, tparams = get_teacher()
-            tmodel = tnet.bind(tparams)
+            tnet = get_teacher()[0]
+            tmodel = tnet.bind(state.extra["teacher"])
             tp = state.ema[target] if target else None
             return cm.consistency_loss(f_apply, params, tp, key, batch["image"],
                                        num_scales=num_scales, mode="cd", teacher=tmodel,
@@ -242,7 +248,7 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
                              "rename config.method.target_ema")
         # target_ema = '': theta^- = stopgrad(theta) (mu = 0, improved CT, Song & Dhariwal 2023)
         ema_specs = {target: EMASpec(decay_fn=sched.mu)} if target else {}
-        init_params = None
+        init_params = init_extra = None
 
         def loss_fn(params, key, batch, state):
             tp = state.ema[target] if target else None
@@ -268,7 +274,8 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
         return few_step.stochastic_iterative_sampler(f, key, shape, list(ts), steps,
                                                      process=process, cond=cond, clip=clip)
 
-    return Method(mode, loss_fn, ema_specs, init_params, sample, max(1, len(ts) - 1))
+    return Method(mode, loss_fn, ema_specs, init_params, sample, max(1, len(ts) - 1),
+                  init_extra)
 
 
 # ----------------------------------------------------------------------------------------------

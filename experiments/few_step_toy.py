@@ -164,11 +164,13 @@ def plain_loss(config, s):
     return loss_fn
 
 
-def train(config, s, loss_fn, ema_specs, init_params, gmm, steps, lr, seed, chunk=500):
+def train(config, s, loss_fn, ema_specs, init_params, gmm, steps, lr, seed, chunk=500,
+          init_extra=None):
     """Adam with a cosine decay, batch ``s['batch_size']``, fresh mixture draws each step;
     returns (state, secs, final loss)."""
     opt = T.make_optimizer("adam", lr, schedule="cosine", total_steps=steps)
-    state = T.create_train_state(init_params, opt, seed=seed, ema_names=tuple(ema_specs))
+    state = T.create_train_state(init_params, opt, seed=seed, ema_names=tuple(ema_specs),
+                                 init_extra=init_extra)
     step = T.make_train_step(loss_fn, opt, ema_specs, s["batch_size"], loss_takes_state=True)
     B, labelled = s["batch_size"], s["has_label"]
 
@@ -289,7 +291,7 @@ def run(tiny: bool = False, out: Path | None = None, seed: int = 0,
         ema_specs = {"ema": T.EMASpec(decay=EVAL_EMA), **m.ema_specs}
         print(f"training {label} ({steps} steps)")
         state, secs, loss = train(c, s, m.loss_fn, ema_specs, m.init_params or s["init_params"],
-                                  gmm, steps, lr, seed)
+                                  gmm, steps, lr, seed, init_extra=m.init_extra)
         for text, kw in samplers:
             c2 = ml_collections.ConfigDict(c.to_dict())
             c2.method.update(kw)

@@ -637,9 +637,11 @@ def test_build_method_specs_and_errors():
     m = methods_lib.build_method(c, s, teacher=(s["net"], teacher))
     assert m.nfe == 2 and m.ema_specs["target"].decay == 0.95
     got = m.init_params(jax.random.key(0))
-    for a_, b_ in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(teacher),
-                      strict=True):
+    carried = m.init_extra()["teacher"]  # the teacher rides in state.extra, not as constants
+    for a_, b_, c_ in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(teacher),
+                          jax.tree_util.tree_leaves(carried), strict=True):
         np.testing.assert_array_equal(a_, b_)
+        np.testing.assert_array_equal(c_, b_)
     x = jax.jit(lambda p, k: m.sample(p, k, 5, None))(teacher, jax.random.key(0))
     assert x.shape == (5, 2) and bool(jnp.all(jnp.isfinite(x)))
     bad = [
@@ -735,3 +737,32 @@ def test_few_step_recipe_full_config_builds(name):
     want = {"cd_imagenet64": (64, 64, 3), "cd_cifar10": (32, 32, 3), "ct_cifar10": (32, 32, 3),
             "imm_cifar10": (32, 32, 3)}.get(name, (32, 32, 4))
     assert E._model_input(cfg.model, net)[0] == want
+
+
+def test_consistency_distillation_through_the_trainer_carries_the_teacher(tmp_path):
+    """``config.method`` through :func:`diffjax.experiment.train` on 2-D toy data: CD's
+    teacher rides in ``state.extra`` (a jit argument, checkpointed), the student starts from
+    it, the step trains, and sampling restores the checkpoint into the same layout."""
+    import ml_collections
+
+    from diffjax import experiment as E
+
+    c = ml_collections.ConfigDict()
+    c.model = dict(name="mlp", dim=2, width=16, depth=1, precond="edm", sigma_data=0.5)
+    c.process = dict(name="edm")
+    c.method = dict(name="cd", num_scales=18, target_decay=0.95, allow_untrained_teacher=True,
+                    clip=False)
+    c.data = dict(name="toy:gmm_small", batch_size=16)
+    c.optim = dict(name="adam", lr=1e-3, warmup_steps=0)
+    c.train = dict(num_steps=3, log_every=1, save_every=3, max_to_keep=1, sample_every=0)
+    c.sample = dict(num_samples=8)
+    c.mesh = dict(data=-1, fsdp=1)
+    out = E.train(c, tmp_path)
+    assert out["end_step"] == 3 and all(np.isfinite(h["loss"]) for h in out["history"])
+    _, state = E._restore(c, tmp_path)
+    teacher = state.extra["teacher"]
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(
+        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(teacher), strict=True)]
+    assert 0.0 < max(moved) < 0.1  # the student started at the teacher and took 3 small steps
+    x = np.load(tmp_path / "samples.npz")["samples"]
+    assert x.shape == (8, 2) and np.all(np.isfinite(x))
