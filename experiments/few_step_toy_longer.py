@@ -54,8 +54,9 @@ def main(argv=None):
     gmm = F.mixture()
     draw = jax.jit(gmm.sample_data, static_argnums=1)
     ref = np.asarray(draw(jax.random.key(123), 200_000))
-    floor = float(np.mean([dj.analytic.sliced_wasserstein(np.asarray(draw(jax.random.key(k), n_eval)), ref)
-                           for k in range(3)]))
+    floor = float(np.mean([
+        dj.analytic.sliced_wasserstein(np.asarray(draw(jax.random.key(k), n_eval)), ref)
+        for k in range(3)]))
     sw = lambda x: dj.analytic.sliced_wasserstein(np.asarray(x), ref)
     cfgs = F.method_configs(width, depth, args.steps, False)
     key = jax.random.key(7)
