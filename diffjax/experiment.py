@@ -666,34 +666,9 @@ def sample(config, workdir, num_samples=None, seed=None) -> dict:
 
 
 def evaluate(config, workdir, num_samples=None, images=None) -> dict:
-    """Evaluate the newest checkpoint in ``workdir`` (or, with ``images``, samples made
-    elsewhere) with :mod:`diffjax.evaluation`; writes ``eval.json`` and ``eval.md``.
-
-    ``eval`` config keys (all optional): ``metrics`` (``auto``, or a subset of ``loss``, ``fid``,
-    ``is``, ``sfid``, ``pr``, ``bpd`` for images and ``loss``, ``sw1``, ``mmd``, ``energy``,
-    ``bpd`` for points; ``auto`` = the held-out loss and all metrics the feature space gives),
-    ``num_samples`` (default ``sample.num_samples``; the ``--num_samples`` flag wins; papers use
-    50,000), ``batch_size`` (samples per chunk), ``features`` (``auto``: ``inception`` when
-    ``inception_weights`` is set, ``digits`` for the embedded digits; or ``inception``,
-    ``random_init``, ``pixels``, ``digits``), ``inception_weights`` (converted FID Inception
-    ``.npz``), ``reference`` (``train``, ``heldout``, a split name, or a path: a statistics
-    ``.npz`` with ``mu``/``sigma``, an image ``.npz`` or folder), ``reference_cache`` (default
-    ``<workdir>/reference_<features>_<reference>.npz``), ``reference_max``, ``quantize``
-    (``round``/``floor``), ``is_splits`` (10), ``pr_k`` (3), ``feature_batch_size``, ``resize``
-    (``pytorch``/``tf1``), ``save_samples`` (uint8 samples to ``eval_samples.npz``, default
-    true), ``seed``, ``bpd_num`` (data points for ``bpd``, default 64), ``loss_batches`` (10).
-
-    Args:
-      config: the experiment config.
-      workdir: holds the checkpoints; receives the reports (and the reference cache).
-      num_samples: overrides ``eval.num_samples``.
-      images: a folder of PNG/JPEG files or an ``.npz`` of samples made elsewhere (see
-        :func:`diffjax.evaluation.load_samples`): evaluated without a checkpoint.
-
-    Returns:
-      The metrics (``step`` and ``loss`` too when a checkpoint was evaluated) and the
-      ``protocol`` they were measured under.
-    """
+    """The ``eval`` command: evaluate the newest checkpoint in ``workdir`` (or, with ``images``,
+    samples made elsewhere); writes ``eval.json`` and ``eval.md``. The ``eval`` config keys,
+    arguments and result are documented at :func:`diffjax.experiment_eval.evaluate`."""
     from diffjax.experiment_eval import evaluate as _evaluate
 
     return _evaluate(config, workdir, num_samples, images)
