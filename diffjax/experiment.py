@@ -85,6 +85,8 @@ LOSSES = {
 #: ``loss-second-moment`` is iDDPM's importance sampler for L_vlb (sec. 3.3, eq. 18): its loss
 #: history lives in ``TrainState.extra['resampler']`` and is updated by the train step.
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
+#: the ``loss`` keys that configure the index draw rather than the loss itself
+SCHEDULE_SAMPLER_KEYS = ("schedule_sampler", "history_per_term", "uniform_prob")
 
 #: losses whose model outputs ``2C`` channels (iDDPM's learned variance)
 LEARNED_VARIANCE_LOSSES = ("hybrid", "vlb")
@@ -478,7 +480,7 @@ def _resampler(lcfg: dict, process):
     """``loss.schedule_sampler`` (popped from ``lcfg``): None for uniform indices, else iDDPM's
     :class:`~diffjax.losses.LossSecondMomentResampler` over the process's ``T`` indices."""
     kind = lcfg.pop("schedule_sampler", "uniform")
-    opts = {k: lcfg.pop(k) for k in ("history_per_term", "uniform_prob") if k in lcfg}
+    opts = {k: lcfg.pop(k) for k in SCHEDULE_SAMPLER_KEYS[1:] if k in lcfg}
     if kind not in SCHEDULE_SAMPLERS:
         raise ValueError(f"unknown loss.schedule_sampler {kind!r}; expected one of "
                          f"{list(SCHEDULE_SAMPLERS)}")
@@ -593,36 +595,47 @@ def _replicated(params):
     return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
+def _sampling_model(config, s, state, guided: bool = True) -> dict:
+    """What every sampling path shares: the weights (``sample.ema``, replicated on every
+    device), the bound model (wrapped in classifier-free guidance when ``sample.guidance != 1``
+    and ``guided``; a likelihood wants the plain model), its prediction kind and whether it
+    outputs a learned variance. Raises when guidance is asked of an unconditional model."""
+    scfg = config.get("sample") or {}
+    net = s["net"]
+    which = scfg.get("ema", next(iter(state.ema), None))
+    params = _replicated(state.ema[which] if which else state.params)
+    model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
+    loss_name = (config.get("loss") or {}).get("name", "ddpm")
+    learned = bool(scfg.get("learned_variance", loss_name in LEARNED_VARIANCE_LOSSES))
+    scale = float(scfg.get("guidance", 1.0))
+    if scale != 1.0 and guided:
+        if not s["num_classes"]:
+            raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
+                             "model (model.num_classes)")
+        from diffjax.models.guidance_cfg import classifier_free_guidance
+
+        channels = scfg.get("guidance_channels", "all")
+        model = classifier_free_guidance(
+            model, scale, channels=channels if channels == "all" else int(channels),
+            null_label=s["num_classes"], learned_variance=learned)
+    return dict(model=model, params=params, which=which, guidance=scale, learned=learned,
+                prediction=_prediction(config.model, loss_name))
+
+
 def _sample_with(config, workdir, s, state, num_samples=None, seed=None, quiet=False,
                  name="samples") -> dict:
     from diffjax.utils import density_image, image_grid, save_png
 
     scfg = config.get("sample") or {}
-    process, net = s["process"], s["net"]
-    which = scfg.get("ema", next(iter(state.ema), None))
-    params = _replicated(state.ema[which] if which else state.params)
-    model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
+    sm = _sampling_model(config, s, state)
+    model, params, prediction, learned = sm["model"], sm["params"], sm["prediction"], sm["learned"]
+    process, which = s["process"], sm["which"]
     step = _make_step(scfg)
     n = int(num_samples or scfg.get("num_samples", 64))
-    loss_name = (config.get("loss") or {}).get("name", "ddpm")
-    prediction = _prediction(config.model, loss_name)
-    learned = bool(scfg.get("learned_variance", loss_name in LEARNED_VARIANCE_LOSSES))
     key = jax.random.key(int(seed if seed is not None else s["seed"]))
     shape = (n,) + s["x_shape"]
-    cond = None
-    if s["num_classes"]:  # class-conditional: class-balanced labels 0, 1, ..., K-1, 0, ...
-        cond = jnp.arange(n, dtype=jnp.int32) % s["num_classes"]
-        scale = float(scfg.get("guidance", 1.0))
-        if scale != 1.0:
-            from diffjax.models.guidance_cfg import classifier_free_guidance
-
-            channels = scfg.get("guidance_channels", "all")
-            model = classifier_free_guidance(
-                model, scale, channels=channels if channels == "all" else int(channels),
-                null_label=s["num_classes"], learned_variance=learned)
-    elif float(scfg.get("guidance", 1.0)) != 1.0:
-        raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
-                         "model (model.num_classes)")
+    # class-conditional: class-balanced labels 0, 1, ..., K-1, 0, ...
+    cond = jnp.arange(n, dtype=jnp.int32) % s["num_classes"] if s["num_classes"] else None
     if config.get("method"):  # the method's own (few-step) sampler
         x = _method(config, s).sample(params, key, n, cond)
     else:

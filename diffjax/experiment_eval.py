@@ -19,15 +19,15 @@ import numpy as np
 import diffjax as dj
 from diffjax import samplers as S
 from diffjax.experiment import (
-    LEARNED_VARIANCE_LOSSES,
     LOSSES,
+    SCHEDULE_SAMPLER_KEYS,
     _grid,
     _kw,
     _make_step,
     _pick,
     _prediction,
-    _replicated,
     _restore,
+    _sampling_model,
     _source,
 )
 
@@ -69,25 +69,10 @@ def _eval_sampler(config, s, state):
     the ``sample`` section's sampler, sample ``i`` seeded by ``fold_in(key, i)`` and labelled
     ``i mod K`` for class-conditional models (per-sample, so chunking changes nothing)."""
     scfg = config.get("sample") or {}
-    process, net = s["process"], s["net"]
-    which = scfg.get("ema", next(iter(state.ema), None))
-    params = state.ema[which] if which else state.params
-    params = _replicated(params)
-    model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
-    loss_name = (config.get("loss") or {}).get("name", "ddpm")
-    prediction = _prediction(config.model, loss_name)
-    learned = bool(scfg.get("learned_variance", loss_name in LEARNED_VARIANCE_LOSSES))
-    k_cls, scale = s["num_classes"], float(scfg.get("guidance", 1.0))
-    if scale != 1.0:
-        if not k_cls:
-            raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
-                             "model (model.num_classes)")
-        from diffjax.models.guidance_cfg import classifier_free_guidance
-
-        channels = scfg.get("guidance_channels", "all")
-        model = classifier_free_guidance(
-            model, scale, channels=channels if channels == "all" else int(channels),
-            null_label=k_cls, learned_variance=learned)
+    process = s["process"]
+    sm = _sampling_model(config, s, state)
+    model, params, prediction, learned = sm["model"], sm["params"], sm["prediction"], sm["learned"]
+    which, scale, k_cls = sm["which"], sm["guidance"], s["num_classes"]
     labels = lambda b, off: (jnp.arange(b, dtype=jnp.int32) + off) % k_cls if k_cls else None
     protocol = {"weights": which or "params", "guidance": scale, "class_labels":
                 "i mod K (class-balanced)" if k_cls else "none (unconditional)"}
@@ -175,7 +160,7 @@ def _eval_loss(config, s, state, batches: int) -> float:
     lcfg = _kw(config.loss)
     loss_name = lcfg.pop("name", "ddpm")
     loss = _pick(LOSSES, loss_name, "loss.name")
-    for k in ("schedule_sampler", "history_per_term", "uniform_prob"):
+    for k in SCHEDULE_SAMPLER_KEYS:
         lcfg.pop(k, None)  # how training draws indices: the evaluation draws them uniformly
     prediction = _prediction(config.model, loss_name)
     which = (config.get("sample") or {}).get("ema", next(iter(state.ema), None))
@@ -352,13 +337,7 @@ def _eval_bpd(config, s, state, ecfg, points) -> dict:
     """``bpd`` of the evaluated weights on the held-out records (else the data split)."""
     from diffjax import evaluation as EV
 
-    scfg = config.get("sample") or {}
-    which = scfg.get("ema", next(iter(state.ema), None))
-    params = state.ema[which] if which else state.params
-    net = s["net"]
-    model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
-    loss_name = (config.get("loss") or {}).get("name", "ddpm")
-    learned = bool(scfg.get("learned_variance", loss_name in LEARNED_VARIANCE_LOSSES))
+    sm = _sampling_model(config, s, state, guided=False)
     which_data = "heldout" if s["heldout"] is not None else "train"
     data, _, desc = _eval_reference_source(config, which_data)
     n = int(ecfg.get("bpd_num", 64))
@@ -368,9 +347,8 @@ def _eval_bpd(config, s, state, ecfg, points) -> dict:
         raise ValueError("eval.metrics 'bpd' is not wired for class-conditional models")
     if not points:
         x = EV.quantize(x, ecfg["quantize"]).astype(np.float32) / 127.5 - 1.0
-    res = EV.bits_per_dim(model, x, process=s["process"],
-                          prediction=_prediction(config.model, loss_name),
-                          key=jax.random.key(int(ecfg["seed"]) + 1), learned_variance=learned,
-                          image_data=not points)
+    res = EV.bits_per_dim(sm["model"], x, process=s["process"], prediction=sm["prediction"],
+                          key=jax.random.key(int(ecfg["seed"]) + 1),
+                          learned_variance=sm["learned"], image_data=not points)
     res["bpd_data"] = f"{desc}, first {len(x)}"
     return res
