@@ -588,22 +588,15 @@ def _x_init(scfg, key, shape):
     raise ValueError(f"unknown sample.x_init {kind!r}; expected 'prior' or 'uniform'")
 
 
-def _replicated(params):
-    """``params`` replicated on every device: the sampler driver shards each batch over all
-    devices, whatever mesh (one device, FSDP) the training state lives on."""
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-    return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
 def _sampling_model(config, s, state, guided: bool = True) -> dict:
-    """What every sampling path shares: the weights (``sample.ema``, replicated on every
-    device), the bound model (wrapped in classifier-free guidance when ``sample.guidance != 1``
+    """What every sampling path shares: the weights (``sample.ema``), the bound model (wrapped in classifier-free guidance when ``sample.guidance != 1``
     and ``guided``; a likelihood wants the plain model), its prediction kind and whether it
     outputs a learned variance. Raises when guidance is asked of an unconditional model."""
     scfg = config.get("sample") or {}
     net = s["net"]
     which = scfg.get("ema", next(iter(state.ema), None))
-    params = _replicated(state.ema[which] if which else state.params)
+    # (the sampler driver replicates weights committed to a training mesh onto its own)
+    params = state.ema[which] if which else state.params
     model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c), params)
     loss_name = (config.get("loss") or {}).get("name", "ddpm")
     learned = bool(scfg.get("learned_variance", loss_name in LEARNED_VARIANCE_LOSSES))

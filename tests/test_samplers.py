@@ -302,6 +302,10 @@ def test_samples_depend_only_on_seed_and_index():
     sharded = dj.sample(gmm, KEY, (16, 2), grid, step, process=proc, prediction="x0")
     assert len(sharded.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(sharded), one, atol=1e-6)
+    # a model committed to one device (parameters left on a 1-device training mesh) is
+    # replicated onto the sampling mesh instead of clashing with the sharded batch
+    pinned = jax.device_put(gmm, jax.devices()[0])
+    np.testing.assert_allclose(_run(pinned, grid, step, proc, (16, 2)), one, atol=1e-6)
     np.testing.assert_allclose(_run(gmm, grid, step, proc, (8, 2)), one[:8], atol=1e-6)
     np.testing.assert_allclose(_run(gmm, grid, step, proc, (8, 2), sample_offset=8), one[8:],
                                atol=1e-6)

@@ -265,6 +265,21 @@ def _run(dyn, key, grid, x_init, offset, *, static: _Static, config: _Config):
     return (x, traj) if config.return_trajectory else x
 
 
+def _onto_mesh(tree, mesh: Mesh):
+    """Replicate on ``mesh`` the arrays *committed* to other devices (parameters left on a
+    training mesh of one device or an FSDP layout); ``jit`` would refuse to mix them with a
+    batch sharded over ``mesh``. Uncommitted arrays are left for ``jit`` to place."""
+    devices = set(mesh.devices.flat)
+    replicated = NamedSharding(mesh, P())
+
+    def one(x):
+        if isinstance(x, jax.Array) and x.committed and set(x.sharding.device_set) != devices:
+            return jax.device_put(x, replicated)
+        return x
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def _default_mesh(batch: int):
     devices = jax.devices()
     if len(devices) > 1 and batch % len(devices) == 0:
@@ -352,6 +367,8 @@ def _prepare(model, key, shape, grid, step, process, prediction, cond, x_init, l
     elif mesh is not None and shape[0] % mesh.shape["data"]:
         raise ValueError(f"batch {shape[0]} is not divisible by the mesh's data axis {mesh.shape}")
     dyn, static = _partition((model, step, process, cond, clip_x0))
+    if mesh is not None:
+        dyn = _onto_mesh(dyn, mesh)
     config = _Config(shape, prediction, bool(learned_variance), mesh, bool(return_trajectory),
                      x_init is not None)
     grid = jnp.asarray(grid, jnp.float32)
