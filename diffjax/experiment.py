@@ -432,7 +432,7 @@ def train(config, workdir) -> dict:
     ck = T.Checkpointer(workdir / "checkpoints", max_to_keep=int(tcfg.get("max_to_keep", 3)))
     state = T.restore_or_init(ck, init_state, s["loader"])
     start = int(state.step)
-    sh = T.state_shardings(T.abstract_like(state), mesh, rules)
+    sh = T.state_shardings(state, mesh, rules)
     batch_sh = {"image": T.batch_sharding(mesh, 1 + len(s["x_shape"]))}
     if s["has_label"]:
         batch_sh["label"] = T.batch_sharding(mesh, 1)
