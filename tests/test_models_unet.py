@@ -183,6 +183,92 @@ def test_ncsnpp_residual_input_and_scale_by_sigma():
 
 
 # ------------------------------------------------------------------------------------------
+# NCSN++ / DDPM++ with a second time input (IMM's s-embedder, ``second_scalar``)
+# ------------------------------------------------------------------------------------------
+
+# one level (no resampling): the smallest graph that still has every embedding path
+ONE_LEVEL_NCSNPP = dict(image_size=8, nf=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                        dropout=0.0)
+# its counts before ``second_scalar`` existed (git d1f6ba3)
+ONE_LEVEL_COUNTS = {"positional": 41_731, "fourier": 42_755}
+
+
+@pytest.mark.parametrize("emb", ["positional", "fourier"])
+def test_ncsnpp_second_scalar_param_counts(emb):
+    """Default / False: the old count; True: exactly one more embedding MLP
+    ``Dense(d_feat -> 4 nf) -> SiLU -> Dense(4 nf -> 4 nf)`` (the Fourier table of s is a fixed
+    buffer, not a parameter)."""
+    kw = dict(ONE_LEVEL_NCSNPP, embedding_type=emb)
+    count = lambda **k: num_params(nnx.eval_shape(lambda: NCSNpp(**kw, **k, rngs=nnx.Rngs(0))))
+    nf, temb = 16, 64
+    d_feat = 2 * nf if emb == "fourier" else nf
+    by_hand = (d_feat * temb + temb) + (temb * temb + temb)
+    assert count() == count(second_scalar=False) == ONE_LEVEL_COUNTS[emb]
+    assert count(second_scalar=True) == ONE_LEVEL_COUNTS[emb] + by_hand
+
+
+def test_ncsnpp_second_scalar_is_an_added_embedding_and_trains():
+    """With random (non-zero) weights everywhere: the output depends on s; gradients reach
+    the s-embedder; zeroing the s-MLP's last layer gives exactly the plain network on the same
+    shared weights (the two embeddings are summed, nothing else changes)."""
+    kw = dict(ONE_LEVEL_NCSNPP, embedding_type="positional", scale_by_sigma=False)
+    net = _tiny(NCSNpp, **kw, second_scalar=True)
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+    x = np.random.default_rng(4).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    t = np.array([300.0, 900.0], np.float32)
+
+    def loss(p, s):
+        out = nnx.merge(graphdef, p, rest)(x, t, {"s": s})
+        return jnp.sum(out ** 2), out
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))  # one compile for every call below
+    s1 = np.array([0.0, 100.0], np.float32)
+    (_, o1), g = step(params, s1)
+    (_, o2), _ = step(params, np.array([250.0, 600.0], np.float32))
+    o1, o2 = np.asarray(o1), np.asarray(o2)
+    assert np.isfinite(o1).all() and np.abs(o1 - o2).max() > 1e-3 * np.abs(o1).max()
+    for layer in ("linear_1", "linear_2"):
+        assert float(jnp.abs(g["s_embed"][layer]["kernel"][...]).max()) > 0
+
+    flat = [(p, v.replace(jnp.zeros_like(v[...])) if p[:2] == ("s_embed", "linear_2") else v)
+            for p, v in nnx.to_flat_state(params)]
+    (_, o0), _ = step(nnx.from_flat_state(flat), s1)
+    pg, pst = nnx.split(nnx.eval_shape(lambda: NCSNpp(**kw, rngs=nnx.Rngs(0))))
+    shared = dict(nnx.to_flat_state(nnx.state(net)))
+    pst = nnx.from_flat_state([(p, v.replace(shared[p][...]))
+                               for p, v in nnx.to_flat_state(pst)])
+    ref = np.asarray(jax.jit(lambda st: nnx.merge(pg, st)(x, t))(pst))
+    np.testing.assert_allclose(np.asarray(o0), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ncsnpp_second_scalar_fourier_reads_s():
+    net = _tiny(NCSNpp, **ONE_LEVEL_NCSNPP, embedding_type="fourier", second_scalar=True)
+    graphdef, state = nnx.split(net)
+    x = np.random.default_rng(5).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    sig = np.array([0.5, 2.0], np.float32)
+    fwd = jax.jit(lambda s: nnx.merge(graphdef, state)(x, sig, {"s": s}))
+    o1, o2 = (np.asarray(fwd(np.array(v, np.float32))) for v in ([0.1, 0.3], [0.4, 1.5]))
+    assert np.isfinite(o1).all() and np.abs(o1 - o2).max() > 1e-3 * np.abs(o1).max()
+
+
+def test_ncsnpp_second_scalar_errors():
+    """DiT / ToyMLP convention: ``second_scalar=True`` needs ``cond['s']``, False rejects it."""
+    kw = dict(ONE_LEVEL_NCSNPP, embedding_type="positional")
+    two = nnx.eval_shape(lambda: NCSNpp(**kw, second_scalar=True, rngs=nnx.Rngs(0)))
+    one = nnx.eval_shape(lambda: NCSNpp(**kw, rngs=nnx.Rngs(0)))
+    x, t = np.zeros((2, 8, 8, 3), np.float32), np.ones((2,), np.float32)
+    for cond in (None, np.array([1, 2]), {"y": np.array([1, 2])}):
+        with pytest.raises(ValueError, match=r"second_scalar=True: cond must be a dict"):
+            two(x, t, cond)
+    with pytest.raises(ValueError, match=r"cond\['s'\] given but the NCSNpp has second_scalar"):
+        one(x, t, {"s": np.ones((2,), np.float32)})
+    with pytest.raises(ValueError, match="unknown keys"):
+        two(x, t, {"s": np.ones((2,), np.float32), "context": np.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"must be a scalar or have shape \(2,\)"):
+        two(x, t, {"s": np.ones((3,), np.float32)})
+
+
+# ------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------
 

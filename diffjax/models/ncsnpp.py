@@ -26,6 +26,24 @@ resampling without conv (inside BigGAN blocks, ``input_skip``/``output_skip`` py
 Time input: ``'sigma'`` for Fourier models (``time_input('sigma')``: the VE sigma; the network
 takes its log and, with ``scale_by_sigma``, divides its output by it), ``'vp_999t'`` for
 DDPM++ (positional features of ``999 t``).
+
+Second time input (``second_scalar=True``), for two-time networks such as IMM's one-step
+sampler ``G_theta(x_t, c_noise(t), c_noise(s))`` (Zhou, Ermon, Song 2025, "Inductive Moment
+Matching", arXiv 2503.07565, §4 / spec 4a): ``cond`` is then a dict ``{'s': (B,), 'y': ...}``
+exactly as for :class:`diffjax.models.dit.DiT` and :class:`diffjax.models.mlp.ToyMLP` with
+``second_scalar``. ``s`` goes through the same feature map as ``t`` (positional features of the
+value as given, or Fourier features of its log, so there ``s`` must be positive like ``t``; IMM
+itself uses the positional one) into its *own* embedding MLP
+``Dense(-> 4 nf) -> SiLU -> Dense(4 nf -> 4 nf)``, and the two MLP outputs are summed; every
+residual block then applies ``SiLU`` to the sum before its own Dense. This is IMM's
+``SongUNet`` with ``s_embed=True`` (``training/unets.py``: ``map_noise_s``, ``map_layer0_s``,
+``map_layer1_s``; ``emb = silu(map_layer1(silu(map_layer0(pe(t)))) + map_layer1_s(silu(
+map_layer0_s(pe(s)))))``, as reproduced in the third-party ``IMM-Training`` code; the official
+lumalabs/imm network file is not in the stored sources). Score_sde's blocks apply the SiLU to
+the embedding themselves (``Dense_0(act(temb))``), so summing before the blocks is the same
+function. With ``second_scalar=False`` nothing is added: parameters, initialisation and outputs
+are those of the plain network, and the s-embedder is built last so that even with
+``second_scalar=True`` every shared parameter initialises as in the plain network.
 """
 
 from __future__ import annotations
@@ -68,8 +86,11 @@ class _Combine(nnx.Module):
 class NCSNpp(nnx.Module):
     """NCSN++ / DDPM++ score network (defaults: VE NCSN++ CIFAR-10 continuous).
 
-    Called as ``net(x, time_value, y=None, train=False, rngs=None)`` with ``time_value`` the
-    sigma (Fourier) or the positional time (``999 t`` for DDPM++), shape ``(B,)``.
+    Called as ``net(x, time_value, cond=None, train=False, rngs=None)`` with ``time_value``
+    the sigma (Fourier) or the positional time (``999 t`` for DDPM++), shape ``(B,)``. The
+    network is unconditional: class labels in ``cond`` (an array, or ``cond['y']``) are
+    ignored, as before. With ``second_scalar=True``, ``cond`` must be a dict with ``'s'``
+    (``(B,)`` or a scalar, in the same units as ``time_value``; see the module docstring).
 
     Args:
       image_size, in_channels: data shape (NHWC).
@@ -81,6 +102,8 @@ class NCSNpp(nnx.Module):
       embedding_type, fourier_scale: ``'fourier'`` (of ``log sigma``) or ``'positional'``.
       scale_by_sigma: divide the output by the input sigma (VE models).
       centered: data already in [-1, 1] (else ``x -> 2x - 1`` first).
+      second_scalar: add a second time embedder for ``cond['s']`` (IMM's ``s_embed``; see the
+        module docstring). Default False: the plain score_sde network.
       dtype, param_dtype, remat, rngs: as :class:`diffjax.models.unet.UNet`.
     """
 
@@ -92,7 +115,8 @@ class NCSNpp(nnx.Module):
                  resblock_type: str = "biggan", progressive: str = "none",
                  progressive_input: str = "residual", progressive_combine: str = "sum",
                  embedding_type: str = "fourier", fourier_scale: float = 16.0,
-                 scale_by_sigma: bool = True, centered: bool = True, dtype: Any = jnp.float32,
+                 scale_by_sigma: bool = True, centered: bool = True,
+                 second_scalar: bool = False, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
         checks = dict(resblock_type=(resblock_type, ("biggan", "ddpm")),
                       progressive=(progressive, ("none", "output_skip", "residual")),
@@ -202,14 +226,67 @@ class NCSNpp(nnx.Module):
             m.append(Conv(cin, c, 3, init_scale=0.0, **kw))
         self.modules = nnx.List(m)
         self.attn_levels = tuple(resolutions[i] in attn_resolutions for i in range(nlev))
+        # IMM's s-embedder (module docstring): its own features (a separate random Fourier
+        # table, as IMM's map_noise_s) and MLP. Built after everything else so the rng stream,
+        # hence every shared parameter's initial value, is that of the plain network.
+        self.second_scalar = bool(second_scalar)
+        self.fourier_s = (FourierFeatures(nf, fourier_scale, rngs=rngs)
+                          if second_scalar and embedding_type == "fourier" else None)
+        self.s_embed = (TimeEmbedding(2 * nf if embedding_type == "fourier" else nf, temb, **kw)
+                        if second_scalar else None)
 
     def _res(self, blk, h, emb, train, rngs):
         if not self.remat:
             return blk(h, emb, train=train, rngs=rngs)
         return nnx.remat(lambda b, h_, e_, r_: b(h_, e_, train=train, rngs=r_))(blk, h, emb, rngs)
 
-    def __call__(self, x: Array, t: Array, y: Array | None = None, train: bool = False,
+    def _features(self, v: Array, fourier: FourierFeatures | None) -> Array:
+        """Time features of ``v`` (B,): Fourier of ``log v`` or positional of ``v``."""
+        if self.embedding_type == "fourier":
+            return fourier(jnp.log(v))
+        return timestep_embedding(v, self.nf, flip_sin_to_cos=False, freq_shift=1.0)
+
+    def _second(self, cond: Any, batch: int) -> Array | None:
+        """``cond['s']`` as ``(B,)`` float32 (None without ``second_scalar``), with the
+        DiT/ToyMLP ``second_scalar`` checks."""
+        if isinstance(cond, dict):
+            unknown = set(cond) - {"y", "s"}
+            if unknown:
+                raise ValueError(f"cond has unknown keys {sorted(unknown)}; NCSNpp reads 's' "
+                                 "(second_scalar) and ignores 'y' (unconditional)")
+            s = cond.get("s")
+        else:
+            s = None
+        if self.second_scalar and s is None:
+            raise ValueError("this NCSNpp has second_scalar=True: cond must be a dict with "
+                             "'s' (B,)")
+        if s is not None and not self.second_scalar:
+            raise ValueError("cond['s'] given but the NCSNpp has second_scalar=False")
+        if s is None:
+            return None
+        s = jnp.asarray(s, jnp.float32)
+        if s.ndim == 0:
+            s = jnp.broadcast_to(s, (batch,))
+        if s.shape != (batch,):
+            raise ValueError(f"cond['s'] must be a scalar or have shape ({batch},); got "
+                             f"{s.shape}")
+        return s
+
+    def __call__(self, x: Array, t: Array, cond: Any = None, train: bool = False,
                  rngs: nnx.Rngs | None = None) -> Array:
+        """Forward pass.
+
+        Args:
+          x: ``(B, H, W, in_channels)``.
+          t: ``(B,)`` or scalar time input (sigma for Fourier models, else the positional
+            time value).
+          cond: None, labels (ignored), or a dict ``{'s': (B,), 'y': ...}`` (``'s'`` required
+            exactly when ``second_scalar``).
+          train, rngs: dropout switch and its ``nnx.Rngs``.
+
+        Returns:
+          ``(B, H, W, in_channels)`` float32.
+        """
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must be NHWC with in_channels={self.in_channels} channels; got "
                              f"shape {tuple(x.shape)}")
@@ -217,13 +294,13 @@ class NCSNpp(nnx.Module):
             raise ValueError(f"x resolution {x.shape[1]}x{x.shape[2]} is not divisible by the "
                              f"down-sampling factor {self.factor}")
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (x.shape[0],))
+        s = self._second(cond, x.shape[0])
         m = self.modules
         k = 0
-        if self.embedding_type == "fourier":
-            e = self.fourier(jnp.log(t))
-        else:
-            e = timestep_embedding(t, self.nf, flip_sin_to_cos=False, freq_shift=1.0)
-        emb = self.time_embed(e.astype(self.dtype))
+        emb = self.time_embed(self._features(t, self.fourier).astype(self.dtype))
+        if s is not None:
+            # IMM: emb_t + emb_s, each after its own MLP; the blocks apply the SiLU
+            emb = emb + self.s_embed(self._features(s, self.fourier_s).astype(self.dtype))
         if not self.centered:
             x = 2 * x - 1.0
         x = x.astype(self.dtype)
