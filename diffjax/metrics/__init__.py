@@ -1,8 +1,9 @@
 """Sample-quality metrics: FID / sFID / IS with the FID Inception, improved precision/recall,
-and metrics for low-dimensional toy data. Everything except :mod:`.inception` is numpy/scipy.
+LPIPS, and metrics for low-dimensional toy data. Everything except :mod:`.inception` and
+:mod:`.lpips` is numpy/scipy.
 
-The Inception network (Flax) is imported lazily: ``diffjax.metrics.inception`` or
-:func:`load_inception`.
+The networks (Flax) are imported lazily: ``diffjax.metrics.inception`` / :func:`load_inception`
+and ``diffjax.metrics.lpips`` / :func:`load_lpips`, :class:`LPIPS`, :func:`lpips_metric`.
 """
 
 from diffjax.metrics import classifier_score, fid, precision_recall, toy
@@ -26,6 +27,7 @@ __all__ = [
     "inception_score", "load_statistics", "reference_statistics", "save_statistics",
     "improved_precision_recall", "energy_distance", "exact_log_prob", "exact_nll", "mmd",
     "sliced_wasserstein", "load_inception",
+    "lpips", "LPIPS", "load_lpips", "lpips_metric",
 ]
 
 
@@ -35,4 +37,9 @@ def __getattr__(name):
 
         mod = importlib.import_module("diffjax.metrics.inception")  # sets the attribute
         return mod if name == "inception" else mod.load_inception
+    if name in ("lpips", "LPIPS", "load_lpips", "lpips_metric"):
+        import importlib
+
+        mod = importlib.import_module("diffjax.metrics.lpips")  # sets the attribute
+        return mod if name == "lpips" else getattr(mod, name)
     raise AttributeError(f"module 'diffjax.metrics' has no attribute {name!r}")
