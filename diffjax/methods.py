@@ -192,8 +192,13 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
     CD also: ``num_scales`` (N), ``solver`` (``heun`` | ``euler`` | ``ddim``), ``target_decay``
     (mu; unless ``config.ema`` has ``target_ema``), ``teacher_workdir``, ``teacher_config``,
     ``teacher_ema``, ``allow_untrained_teacher`` (smoke tests only).
-    CT also: ``start_scales``, ``end_scales``, ``start_ema`` (s0, s1, mu0) and ``total_steps``
-    (default ``config.train.num_steps``) of the adaptive schedule."""
+    CT also: ``schedule`` (``'adaptive'``: the original CT's ``N(k)`` and ``mu(k)``;
+    ``'ict'``: improved CT's doubling ``N(k)`` with no target EMA, ``target_ema = ''``),
+    ``start_scales``, ``end_scales``, ``start_ema`` (s0, s1, mu0; ``start_ema`` only for
+    ``'adaptive'``), ``total_steps`` (default ``config.train.num_steps``), ``level_sampling``
+    (``'uniform'`` | ``'lognormal'``) with ``p_mean``, ``p_std`` (iCT: -1.1, 2.0).
+    Improved CT (Song & Dhariwal 2023) is ``schedule='ict', level_sampling='lognormal',
+    weighting='ict', metric='pseudo_huber', target_ema=''``."""
     process, net = s["process"], s["net"]
     if not isinstance(process, EDM):
         raise ValueError(f"method {mode!r} needs process.name='edm'; got "
@@ -241,20 +246,35 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
                                        solver=solver, cond=_labels(s, batch), **kw)
     else:
         total = int(m("total_steps", int(config.train.num_steps)))
-        sched = cm.ct_schedule_fn(total, int(m("start_scales", 2)), int(m("end_scales", 150)),
-                                  float(m("start_ema", 0.9)))
+        kind = m("schedule", "adaptive")
+        if kind == "adaptive":
+            sched = cm.ct_schedule_fn(total, int(m("start_scales", 2)),
+                                      int(m("end_scales", 150)), float(m("start_ema", 0.9)))
+            max_scales = int(m("end_scales", 150)) + 1
+        elif kind == "ict":
+            if target:
+                raise ValueError("config.method.schedule='ict' has no target EMA (theta^- = "
+                                 f"theta); set config.method.target_ema='' (got {target!r})")
+            sched = cm.ict_schedule_fn(total, int(m("start_scales", 10)),
+                                       int(m("end_scales", 1280)))
+            max_scales = sched.max_scales
+        else:
+            raise ValueError(f"config.method.schedule must be 'adaptive' or 'ict'; got {kind!r}")
         if target and target in dict(config.get("ema") or {}):
             raise ValueError(f"config.ema.{target} would clash with CT's mu(k) target EMA; "
                              "rename config.method.target_ema")
         # target_ema = '': theta^- = stopgrad(theta) (mu = 0, improved CT, Song & Dhariwal 2023)
         ema_specs = {target: EMASpec(decay_fn=sched.mu)} if target else {}
         init_params = init_extra = None
+        lvl = dict(level_sampling=m("level_sampling", "uniform"),
+                   p_mean=float(m("p_mean", -1.1)), p_std=float(m("p_std", 2.0)),
+                   max_scales=max_scales)
 
         def loss_fn(params, key, batch, state):
             tp = state.ema[target] if target else None
             return cm.consistency_loss(f_apply, params, tp, key, batch["image"],
                                        num_scales=sched.num_scales(state.step), mode="ct",
-                                       cond=_labels(s, batch), **kw)
+                                       cond=_labels(s, batch), **kw, **lvl)
 
     ts = tuple(int(v) for v in m("sample_ts", (0,)) or (0,))
     steps = int(m("sample_grid", 40))

@@ -559,6 +559,80 @@ def test_ct_schedule_fn_equals_host_schedule(setting):
         assert abs(float(m_) - want_mu) <= 2e-7, k
 
 
+def test_ict_schedule_and_traced_equal():
+    # Song & Dhariwal 2023 eq. 9: K = 400k, s0 = 10, s1 = 1280 -> 8 stages of K' = 50,000 steps
+    want = {0: 11, 49_999: 11, 50_000: 21, 100_000: 41, 349_999: 641, 350_000: 1281,
+            400_000: 1281, 10**9: 1281}
+    for k, n in want.items():
+        assert cm.ict_schedule(k, 400_000) == n
+    fn = cm.ict_schedule_fn(400_000)
+    got = jax.jit(fn.num_scales)(np.asarray(list(want), np.int32))
+    np.testing.assert_array_equal(got, list(want.values()))
+    assert fn.max_scales == 1281
+    # a ratio that is not a power of two: floor(log2(5)) + 1 = 3 stages of 33 steps, N capped
+    fn = cm.ict_schedule_fn(100, 2, 10)
+    ks = np.arange(0, 140)
+    np.testing.assert_array_equal(jax.jit(fn.num_scales)(ks),
+                                  [cm.ict_schedule(int(k), 100, 2, 10) for k in ks])
+    # k // 33 = 0, 1, 2 give N = 3, 5, 9; the leftover k = 99 is a 4th stage, capped at s1 + 1
+    assert [cm.ict_schedule(k, 100, 2, 10) for k in (32, 33, 98, 99)] == [3, 5, 9, 11]
+    for bad, match in (((5, 7, 10, 1280), "stages"), ((0, 0), "total_steps"),
+                       ((0, 10, 20, 10), "s0 <= s1")):
+        with pytest.raises(ValueError, match=match):
+            cm.ict_schedule(*bad)
+
+
+def test_lognormal_level_probs_and_sampling():
+    """iCT eq. 10 against an independent float64 numpy/math.erf computation, padded under jit
+    for a traced N, and the frequencies the loss actually draws."""
+    import math
+    for N in (11, 81, 1281):
+        i = np.arange(N) / (N - 1)
+        sg = (SMAX ** (1 / 7) + i * (SMIN ** (1 / 7) - SMAX ** (1 / 7))) ** 7
+        cdf = np.array([math.erf((math.log(v) + 1.1) / (math.sqrt(2) * 2.0)) for v in sg])
+        want = (cdf[:-1] - cdf[1:]) / (cdf[0] - cdf[-1])
+        got = np.asarray(cm.lognormal_level_probs(N))
+        # float32 differences of erf at neighbouring levels: ~1e-3 relative per entry at
+        # N = 1281, while the distribution the sampler uses (its CDF) is exact to ~1e-7
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-9)
+        np.testing.assert_allclose(np.cumsum(got), np.cumsum(want), atol=1e-6)
+        padded = jax.jit(lambda n: cm.lognormal_level_probs(n, max_scales=1281))(N)
+        np.testing.assert_allclose(padded[: N - 1], got, rtol=1e-3, atol=1e-9)
+        assert float(jnp.sum(padded[N - 1:])) == 0.0
+    # the pair indices drawn by the loss follow these probabilities (N = 11, 40k draws: the
+    # standard error of each frequency is <= 0.0025)
+    apply = lambda p, x, t, cond, k: x
+    x0 = jnp.zeros((40_000, 1))
+    _, aux = cm.consistency_loss(apply, None, None, jax.random.key(3), x0, num_scales=11,
+                                 mode="ct", level_sampling="lognormal")
+    freq = np.bincount(np.asarray(aux["index"]), minlength=10) / x0.shape[0]
+    np.testing.assert_allclose(freq, cm.lognormal_level_probs(11), atol=0.01)
+    with pytest.raises(ValueError, match="level_sampling"):
+        cm.consistency_loss(apply, None, None, jax.random.key(3), x0[:4], num_scales=11,
+                            mode="ct", level_sampling="nope")
+
+
+def test_ict_weighting_is_a_finite_difference_of_the_exact_consistency_function():
+    """lambda = 1 / (sigma_n - sigma_{n+1}) (iCT sec. 3.5) turns the CT loss of the exact f*
+    into |d f*(x + sigma z, sigma) / d sigma| as N grows (first-order convergence)."""
+    x0 = S * jax.random.normal(jax.random.key(0), (256, 1))
+    apply = lambda p, x, t, cond, k: _f_star(x, SMAX * t[:, None])
+    errs = []
+    for N in (161, 1281):
+        loss, aux = cm.consistency_loss(apply, None, None, jax.random.key(1), x0,
+                                        num_scales=N, mode="ct", metric="l1", weighting="ict",
+                                        level_sampling="lognormal")
+        np.testing.assert_allclose(aux["weight"], 1.0 / (aux["sigma"] - aux["sigma_next"]),
+                                   rtol=1e-6)
+        # x + sigma z with the loss's own z: recover z from the key split the loss uses
+        z = jax.random.normal(jax.random.split(jax.random.key(1), 3)[1], x0.shape)
+        sig = aux["sigma"][:, None]
+        dfds = jax.vmap(jax.grad(lambda sg, x, z: _f_star(x + sg * z, sg)[0]))(
+            sig[:, 0], x0, z)
+        errs.append(float(jnp.median(jnp.abs(loss - jnp.abs(dfds)) / jnp.abs(dfds))))
+    assert errs[1] < 0.02 and errs[1] < errs[0] / 4, errs
+
+
 def test_scheduled_ema_spec():
     fn = cm.ct_schedule_fn(100, 2, 10, 0.9)
     spec = T.EMASpec(decay_fn=fn.mu)
@@ -686,8 +760,9 @@ def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
     assert np.isfinite(res["noise_floor"]) and md.count("\n| ") == len(rows) + 2
 
 
-FEW_STEP_RECIPES = ["cd_cifar10", "ct_cifar10", "cd_imagenet64", "shortcut_dit_b_celebahq256",
-                    "imm_cifar10", "imm_imagenet256", "mg_sit_xl2_imagenet256"]
+FEW_STEP_RECIPES = ["cd_cifar10", "ct_cifar10", "ict_cifar10", "cd_imagenet64",
+                    "shortcut_dit_b_celebahq256", "imm_cifar10", "imm_imagenet256",
+                    "mg_sit_xl2_imagenet256"]
 
 
 def _recipe_latents(tmp_path, classes):
@@ -735,7 +810,7 @@ def test_few_step_recipe_full_config_builds(name):
     net = nnx.eval_shape(lambda: E.build_model(cfg.model, nnx.Rngs(0)))
     assert cfg.method.name in methods_lib.METHODS
     want = {"cd_imagenet64": (64, 64, 3), "cd_cifar10": (32, 32, 3), "ct_cifar10": (32, 32, 3),
-            "imm_cifar10": (32, 32, 3)}.get(name, (32, 32, 4))
+            "ict_cifar10": (32, 32, 3), "imm_cifar10": (32, 32, 3)}.get(name, (32, 32, 4))
     assert E._model_input(cfg.model, net)[0] == want
 
 

@@ -17,6 +17,17 @@ dropout key, as the reference restores the torch RNG state between the two calls
 Reference-code semantics followed where it differs from the paper (spec Appendix B #1): the
 CT EMA rate is ``mu(k) = exp(s0 log mu0 / n(k))`` with ``n(k) = N(k) - 1``
 (``cm/script_util.py :: create_ema_and_scales_fn``), so ``mu(0) = mu0^2``.
+
+Improved consistency training, iCT (Song & Dhariwal 2023, "Improved Techniques for Training
+Consistency Models", arXiv 2310.14189, sec. 3-4), is the same loss with four changes, each an
+option here: the target is the online network under stop-gradient (``theta^- = theta``, no
+EMA: ``target_params=None``); ``N(k)`` doubles from ``s0 = 10`` to ``s1 = 1280``
+(:func:`ict_schedule`, :class:`ict_schedule_fn`); the pair index is drawn so that noise levels
+follow a discretised log-normal (``level_sampling='lognormal'``, P_mean = -1.1, P_std = 2.0,
+:func:`lognormal_level_probs`) instead of uniformly; and each pair is weighted by
+``lambda = 1 / (sigma_n - sigma_{n+1})`` (``weighting='ict'``) with the pseudo-Huber distance
+(``metric='pseudo_huber'``, ``c = 0.00054 sqrt(d)``). The weighting turns the loss into a
+finite-difference derivative along the ODE, so its size does not shrink as ``N`` grows.
 """
 
 from __future__ import annotations
@@ -37,6 +48,9 @@ Array = Any
 __all__ = [
     "ct_schedule",
     "ct_schedule_fn",
+    "ict_schedule",
+    "ict_schedule_fn",
+    "lognormal_level_probs",
     "cm_sigma",
     "teacher_step",
     "cd_target",
@@ -51,7 +65,8 @@ __all__ = [
 
 TEACHER_SOLVERS = ("heun", "euler", "ddim")
 METRICS = ("l2", "l1", "pseudo_huber")
-WEIGHTINGS = ("uniform", "snr", "snr+1", "karras", "truncated-snr")
+WEIGHTINGS = ("uniform", "snr", "snr+1", "karras", "truncated-snr", "ict")
+LEVEL_SAMPLINGS = ("uniform", "lognormal")
 
 
 def ct_schedule(step: int, total_steps: int, start_scales: int = 2, end_scales: int = 150,
@@ -141,6 +156,71 @@ class ct_schedule_fn:  # noqa: N801 -- used like a function: ``ct_schedule_fn(..
         return self.mu(step), self.num_scales(step)
 
 
+def ict_schedule(step: int, total_steps: int, start_scales: int = 10,
+                 end_scales: int = 1280) -> int:
+    """iCT's exponential discretisation curriculum ``N(k)`` (Song & Dhariwal 2023, eq. 9).
+
+    ``N(k) = min(s0 2^floor(k / K'), s1) + 1`` with ``K' = floor(K / (floor(log2(s1 / s0)) + 1))``:
+    ``N`` doubles ``floor(log2(s1 / s0))`` times, spending equal numbers of steps at each value
+    (CIFAR-10 / ImageNet-64: ``s0 = 10``, ``s1 = 1280``, so ``N`` = 11, 21, ..., 1281 over 8
+    equal stages). There is no target EMA (``mu = 0``).
+
+    Args:
+      step: current optimisation step ``k >= 0``.
+      total_steps: ``K``; must allow ``K' >= 1``.
+      start_scales, end_scales: ``s0 <= s1``.
+
+    Returns:
+      ``N(k)``, the number of discretisation points.
+    """
+    kp = _ict_stage_len(total_steps, start_scales, end_scales)
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step!r}")
+    return min(start_scales * 2 ** (step // kp), end_scales) + 1
+
+
+def _ict_stage_len(total_steps, s0, s1) -> int:
+    if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1; got {total_steps!r}")
+    if not (isinstance(s0, (int, np.integer)) and isinstance(s1, (int, np.integer))
+            and 1 <= s0 <= s1):
+        raise ValueError(f"start_scales, end_scales must be integers with 1 <= s0 <= s1; got "
+                         f"{s0!r}, {s1!r}")
+    stages = int(math.floor(math.log2(s1 / s0))) + 1
+    kp = total_steps // stages
+    if kp < 1:
+        raise ValueError(f"total_steps = {total_steps} is shorter than the {stages} stages of "
+                         f"the iCT curriculum s0 = {s0} .. s1 = {s1}")
+    return kp
+
+
+class ict_schedule_fn:  # noqa: N801 -- used like a function, as ct_schedule_fn
+    """:func:`ict_schedule` as a traced function of the step (integer ops only).
+
+    ``num_scales(step)`` is ``N(k)`` as int32; ``max_scales`` (static) is ``s1 + 1``, the
+    length the log-normal level sampler pads to so a growing ``N`` never recompiles.
+    """
+
+    def __init__(self, total_steps: int, start_scales: int = 10, end_scales: int = 1280):
+        self.args = (int(total_steps), int(start_scales), int(end_scales))
+        self.stage = _ict_stage_len(*self.args)
+        self.max_scales = self.args[2] + 1
+        # past the last doubling the exponent is capped, so 2^e never overflows int32
+        self._max_exp = int(math.ceil(math.log2(self.args[2] / self.args[1])))
+
+    def __hash__(self):
+        return hash(("ict_schedule_fn",) + self.args)
+
+    def __eq__(self, other):
+        return isinstance(other, ict_schedule_fn) and other.args == self.args
+
+    def num_scales(self, step: Array) -> Array:
+        k = jnp.asarray(step, jnp.int32)
+        e = jnp.minimum(k // self.stage, self._max_exp)
+        s0, s1 = self.args[1], self.args[2]
+        return jnp.minimum(s0 * jnp.left_shift(jnp.int32(1), e), s1).astype(jnp.int32) + 1
+
+
 def cm_sigma(i: Array, num_scales: Array, sigma_min: float = 0.002, sigma_max: float = 80.0,
              rho: float = 7.0) -> Array:
     """Karras discretisation point ``sigma_i`` (index 0 = ``sigma_max``), paper eq. 5 /
@@ -153,6 +233,38 @@ def cm_sigma(i: Array, num_scales: Array, sigma_min: float = 0.002, sigma_max: f
     i = i if jnp.issubdtype(i.dtype, jnp.floating) else i.astype(jnp.result_type(float))
     a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
     return (a + i / (jnp.asarray(num_scales, i.dtype) - 1) * (b - a)) ** rho
+
+
+def lognormal_level_probs(num_scales: int | Array, sigma_min: float = 0.002,
+                          sigma_max: float = 80.0, rho: float = 7.0, p_mean: float = -1.1,
+                          p_std: float = 2.0, max_scales: int | None = None) -> Array:
+    """iCT's pair-index distribution (Song & Dhariwal 2023, sec. 3.5, eq. 10).
+
+    Pair ``n`` joins ``sigma_n > sigma_{n+1}`` (index 0 = ``sigma_max``, :func:`cm_sigma`) and
+    gets the log-normal ``N(P_mean, P_std^2)`` mass of ``ln sigma`` between them:
+    ``p(n) ∝ erf((ln sigma_n - P_mean) / (sqrt(2) P_std)) - erf((ln sigma_{n+1} - P_mean) /
+    (sqrt(2) P_std))``, ``n = 0 .. N - 2``. With a traced ``num_scales`` pass ``max_scales``
+    (static): the vector has ``max_scales - 1`` entries and those ``n >= N - 1`` are 0.
+
+    Returns:
+      probabilities ``(N - 1,)`` (or ``(max_scales - 1,)``), summing to 1.
+    """
+    if max_scales is None:
+        if not isinstance(num_scales, (int, np.integer)):
+            raise ValueError("a traced num_scales needs a static max_scales")
+        max_scales = int(num_scales)
+    n = jnp.arange(max_scales - 1, dtype=jnp.float32)
+    hi = cm_sigma(n, num_scales, sigma_min, sigma_max, rho)
+    lo = cm_sigma(n + 1.0, num_scales, sigma_min, sigma_max, rho)
+    scale = math.sqrt(2.0) * p_std
+    a, b = (jnp.log(hi) - p_mean) / scale, (jnp.log(lo) - p_mean) / scale  # a > b
+    erf, erfc = jax.scipy.special.erf, jax.scipy.special.erfc
+    # erf(a) - erf(b) cancels in float32 where both are near +-1 (the ends of the grid);
+    # there the same difference is taken between small complementary values
+    mass = jnp.where(b >= 0.0, erfc(b) - erfc(a),
+                     jnp.where(a <= 0.0, erfc(-a) - erfc(-b), erf(a) - erf(b)))
+    mass = jnp.where(n < jnp.asarray(num_scales) - 1, jnp.maximum(mass, 0.0), 0.0)
+    return mass / jnp.sum(mass)
 
 
 def _check_edm(process):
@@ -213,10 +325,17 @@ def ct_target(x0: Array, z: Array, sigma_next: Array) -> Array:
     return x0 + bcast(sigma_next, x0) * z
 
 
-def consistency_weighting(sigma: Array, schedule: str = "uniform", sigma_data: float = 0.5):
+def consistency_weighting(sigma: Array, schedule: str = "uniform", sigma_data: float = 0.5,
+                          sigma_next: Array | None = None):
     """``lambda(t_{n+1})`` (reference ``karras_diffusion.py :: get_weightings``), at the
-    higher noise level; every released recipe uses ``'uniform'``."""
+    higher noise level; every released CM recipe uses ``'uniform'``. ``'ict'`` is improved
+    CT's ``1 / (sigma_n - sigma_{n+1})`` (Song & Dhariwal 2023, sec. 3.5) and needs
+    ``sigma_next``."""
     snr = sigma**-2.0
+    if schedule == "ict":
+        if sigma_next is None:
+            raise ValueError("weighting 'ict' needs sigma_next (lambda = 1 / (sigma - sigma_next))")
+        return 1.0 / (sigma - sigma_next)
     if schedule == "uniform":
         return jnp.ones_like(sigma)
     if schedule == "snr":
@@ -273,11 +392,13 @@ def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: A
                      mode: str = "cd", teacher: Callable | None = None,
                      solver: str = "heun", metric: str | Callable = "l2",
                      weighting: str = "uniform", sigma_data: float = 0.5,
-                     cond: Any = None) -> tuple[Array, dict]:
+                     level_sampling: str = "uniform", p_mean: float = -1.1, p_std: float = 2.0,
+                     max_scales: int | None = None, cond: Any = None) -> tuple[Array, dict]:
     """Consistency distillation / training loss (Song et al. 2023, Alg. 2 and 3, eq. 7/10;
     reference ``cm/karras_diffusion.py :: KarrasDenoiser.consistency_losses``).
 
-    Per example: ``n ~ U{0, ..., N-2}``, ``t = sigma_n`` (higher noise), ``t2 = sigma_{n+1}``,
+    Per example: ``n ~ U{0, ..., N-2}`` (or iCT's log-normal, ``level_sampling``),
+    ``t = sigma_n`` (higher noise), ``t2 = sigma_{n+1}``,
     ``x_t = x + t z``; online ``F1 = f_theta(x_t, t)``; target point ``x_t2`` from the teacher
     (``'cd'``, :func:`cd_target`) or ``x + t2 z`` (``'ct'``, :func:`ct_target`);
     ``F2 = stopgrad(f_{theta^-}(x_t2, t2))`` with the same dropout key;
@@ -296,8 +417,12 @@ def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: A
       teacher: ``'x0'`` model ``teacher(x, t, cond)`` on ``process``; required for CD.
       solver: ``'heun'`` (default), ``'euler'`` or ``'ddim'``.
       metric: ``'l2'``, ``'l1'``, ``'pseudo_huber'`` or a callable (LPIPS hook).
-      weighting: ``lambda`` (``'uniform'`` in all released recipes).
+      weighting: ``lambda`` (``'uniform'`` in all released CM recipes; ``'ict'``:
+        ``1 / (sigma_n - sigma_{n+1})``).
       sigma_data: for the ``'karras'`` weighting.
+      level_sampling: ``'uniform'`` pair index (CM) or ``'lognormal'``
+        (:func:`lognormal_level_probs`, iCT) with ``p_mean``, ``p_std``.
+      max_scales: static upper bound of a traced ``num_scales`` (``'lognormal'`` only).
       cond: conditioning passed to all networks.
 
     Returns:
@@ -317,13 +442,20 @@ def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: A
         raise ValueError(f"unknown solver {solver!r}; expected one of {TEACHER_SOLVERS}")
     if not callable(metric) and metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS} or a callable")
-    consistency_weighting(jnp.ones(()), weighting)  # validates the name
+    consistency_weighting(jnp.ones(()), weighting, sigma_next=jnp.zeros(()))  # validates
+    if level_sampling not in LEVEL_SAMPLINGS:
+        raise ValueError(f"unknown level_sampling {level_sampling!r}; expected one of "
+                         f"{LEVEL_SAMPLINGS}")
     if target_params is None:
         target_params = params
     B = x0.shape[0]
     k_idx, k_z, k_drop = jax.random.split(key, 3)
-    n = jax.random.randint(k_idx, (B,), 0, jnp.asarray(num_scales) - 1)
     smin, smax, rho = process.sigma_min, process.sigma_max, process.rho
+    if level_sampling == "uniform":
+        n = jax.random.randint(k_idx, (B,), 0, jnp.asarray(num_scales) - 1)
+    else:
+        probs = lognormal_level_probs(num_scales, smin, smax, rho, p_mean, p_std, max_scales)
+        n = jax.random.categorical(k_idx, jnp.log(probs), shape=(B,))
     sigma = cm_sigma(n, num_scales, smin, smax, rho).astype(x0.dtype)
     sigma_next = cm_sigma(n + 1, num_scales, smin, smax, rho).astype(x0.dtype)
     z = jax.random.normal(k_z, x0.shape, x0.dtype)
@@ -337,7 +469,7 @@ def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: A
     f2 = jax.lax.stop_gradient(
         apply_fn(jax.lax.stop_gradient(target_params), x_t2, sigma_next / smax, cond, k_drop))
     dist = consistency_distance(f1, f2, metric)
-    w = consistency_weighting(sigma, weighting, sigma_data)
+    w = consistency_weighting(sigma, weighting, sigma_data, sigma_next)
     aux = {"t": sigma / smax, "index": n, "sigma": sigma, "sigma_next": sigma_next,
            "weight": w, "unweighted": dist}
     return w * dist, aux
