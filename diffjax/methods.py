@@ -184,8 +184,50 @@ def _load_teacher(m: _Keys, config, s, given=None):
     return ts["net"], params
 
 
+def _consistency_metric(m: _Keys, s):
+    """``(metric(state), extra())`` for CD/CT: a fixed distance name, or LPIPS.
+
+    ``metric='lpips'`` (Song et al. 2023's choice for CIFAR-10 / ImageNet-64) loads an LPIPS-VGG16
+    ``.npz`` (``lpips_weights``; :func:`diffjax.metrics.lpips.save_lpips_npz` converts the
+    torchvision + ``lpips`` package weights; nothing is downloaded) with ``lpips_pooling``
+    (``'avg'``: piq's ``replace_pooling=True``, what the reference trains with; ``'max'``: the
+    ``lpips`` package) and ``lpips_resize`` (the reference's bilinear resize to 224 below 256
+    pixels). Its weights ride in ``state.extra['lpips']``: arguments of the jitted step, not
+    59 MB of constants folded into it.
+    """
+    name = m("metric", "l2")
+    path, pooling, resize = m("lpips_weights", ""), m("lpips_pooling", "avg"), m("lpips_resize")
+    if name != "lpips":  # a recipe's LPIPS keys stay valid when a variant switches to l2
+        return (lambda state: name), (lambda: {})
+    if not path:
+        raise ValueError("config.method.metric='lpips' needs config.method.lpips_weights: the "
+                         "path of an LPIPS-VGG16 .npz (diffjax.metrics.lpips.save_lpips_npz); "
+                         "diffjax never downloads weights")
+    resize = True if resize is None else bool(resize)
+    if s["x_shape"][-1] != 3:
+        raise ValueError(f"metric='lpips' compares RGB images (..., 3); this model's input is "
+                         f"{tuple(s['x_shape'])}")
+    from flax import nnx
+
+    from diffjax.metrics import lpips as lp
+
+    cache = {}
+
+    def loaded():  # once, lazily: building the method for sampling never reads the file
+        if not cache:
+            with jax.ensure_compile_time_eval():  # may be first called inside the trainer's jit
+                cache["g"], cache["w"] = nnx.split(lp.load_lpips(path, pooling=pooling))
+        return cache
+
+    metric = lambda state: lp.lpips_metric(nnx.merge(loaded()["g"], state.extra["lpips"]),
+                                           resize=resize)
+    return metric, (lambda: {"lpips": loaded()["w"]})
+
+
 def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
-    """CD / CT. Keys: ``metric`` (``l2`` | ``l1`` | ``pseudo_huber``), ``weighting``,
+    """CD / CT. Keys: ``metric`` (``l2`` | ``l1`` | ``pseudo_huber`` | ``lpips`` with
+    ``lpips_weights``, ``lpips_pooling``, ``lpips_resize``: :func:`_consistency_metric`),
+    ``weighting``,
     ``sigma_data``, ``target_ema`` (EMA name of theta^-; ``''``: theta^- = theta),
     ``sample_ts`` (``[0]``: one step, else indices into a ``sample_grid``-point Karras grid),
     ``sample_grid``, ``clip`` (clamp samples to [-1, 1]).
@@ -204,13 +246,9 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
         raise ValueError(f"method {mode!r} needs process.name='edm'; got "
                          f"{type(process).__name__}")
     _x0_raw(net, jax.eval_shape(s["init_params"], jax.random.key(0)))  # checks model.precond
-    metric = m("metric", "l2")
-    if metric == "lpips":
-        raise ValueError("config.method.metric='lpips' is not available in diffjax (no LPIPS "
-                         "network); use 'l2', 'l1' or 'pseudo_huber'")
+    metric, lpips_extra = _consistency_metric(m, s)
     solver, weighting = m("solver", "heun"), m("weighting", "uniform")
-    kw = dict(process=process, metric=metric, weighting=weighting,
-              sigma_data=float(m("sigma_data", 0.5)))
+    kw = dict(process=process, weighting=weighting, sigma_data=float(m("sigma_data", 0.5)))
 
     def f_apply(params, x, t, cond, key):
         raw, sd = _x0_raw(net, params, train=True, key=key)
@@ -235,7 +273,8 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
         for k in ("teacher_workdir", "teacher_config", "teacher_ema", "allow_untrained_teacher"):
             m(k)
         init_params = lambda key: jax.tree_util.tree_map(jnp.asarray, get_teacher()[1])
-        init_extra = lambda: {"teacher": jax.tree_util.tree_map(jnp.asarray, get_teacher()[1])}
+        init_extra = lambda: {"teacher": jax.tree_util.tree_map(jnp.asarray, get_teacher()[1]),
+                              **lpips_extra()}
 
         def loss_fn(params, key, batch, state):
             tnet = get_teacher()[0]
@@ -243,7 +282,8 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
             tp = state.ema[target] if target else None
             return cm.consistency_loss(f_apply, params, tp, key, batch["image"],
                                        num_scales=num_scales, mode="cd", teacher=tmodel,
-                                       solver=solver, cond=_labels(s, batch), **kw)
+                                       solver=solver, cond=_labels(s, batch),
+                                       metric=metric(state), **kw)
     else:
         total = int(m("total_steps", int(config.train.num_steps)))
         kind = m("schedule", "adaptive")
@@ -265,7 +305,8 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
                              "rename config.method.target_ema")
         # target_ema = '': theta^- = stopgrad(theta) (mu = 0, improved CT, Song & Dhariwal 2023)
         ema_specs = {target: EMASpec(decay_fn=sched.mu)} if target else {}
-        init_params = init_extra = None
+        init_params = None
+        init_extra = lpips_extra if m("metric") == "lpips" else None
         lvl = dict(level_sampling=m("level_sampling", "uniform"),
                    p_mean=float(m("p_mean", -1.1)), p_std=float(m("p_std", 2.0)),
                    max_scales=max_scales)
@@ -274,7 +315,8 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
             tp = state.ema[target] if target else None
             return cm.consistency_loss(f_apply, params, tp, key, batch["image"],
                                        num_scales=sched.num_scales(state.step), mode="ct",
-                                       cond=_labels(s, batch), **kw, **lvl)
+                                       cond=_labels(s, batch), metric=metric(state), **kw,
+                                       **lvl)
 
     ts = tuple(int(v) for v in m("sample_ts", (0,)) or (0,))
     steps = int(m("sample_grid", 40))

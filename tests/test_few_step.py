@@ -723,7 +723,8 @@ def test_build_method_specs_and_errors():
         (dict(name="ct", bogus=1), "bogus"),
         (dict(name="cd"), "config.ema.target"),
         (dict(name="cd", target_decay=0.9), "teacher_workdir"),
-        (dict(name="cd", metric="lpips", target_ema=""), "lpips"),
+        (dict(name="cd", metric="lpips", target_ema=""), "lpips_weights"),
+        (dict(name="ct", metric="lpips", lpips_weights="x.npz"), r"RGB images"),
         (dict(name="ct", sample_ts=(0, 20), sample_grid=18), "sample_ts"),
         (dict(name="imm"), "process.name='linear'"),
     ]
@@ -773,6 +774,36 @@ def _recipe_latents(tmp_path, classes):
         kw["labels"] = (np.arange(32) % classes).astype(np.int32)
     np.savez(path, **kw)
     return path
+
+
+@pytest.mark.slow  # ~40 s: VGG16 forward + backward compiled inside the train step
+def test_consistency_training_with_lpips_through_the_trainer(tmp_path):
+    """``method.metric='lpips'``: the LPIPS weights (seeded random VGG16, saved as the converter
+    writes them) ride in ``state.extra`` and the loss is LPIPS of the two consistency outputs."""
+    import json
+
+    from diffjax import cli
+    from diffjax.metrics import lpips as lp
+
+    weights = tmp_path / "lpips.npz"
+    lp.save_lpips_npz(weights, *lp.random_lpips_state_dicts(0))
+    data = tmp_path / "rgb.npz"
+    np.savez(data, latents=np.random.default_rng(0).uniform(-1, 1, (16, 16, 16, 3))
+             .astype(np.float32))
+    work = tmp_path / "work"
+    out = cli.main(["train", f"--config={ROOT / 'configs' / 'ct_cifar10'}.py:smoke",
+                    f"--workdir={work}", f"--config.data.name={data}",
+                    "--config.data.batch_size=4", "--config.model.in_channels=3",
+                    "--config.model.image_size=16", "--config.method.metric=lpips",
+                    f"--config.method.lpips_weights={weights}",
+                    "--config.method.lpips_resize=False", "--config.train.num_steps=2",
+                    "--config.train.save_every=2"])
+    assert out["end_step"] == 2
+    losses = [json.loads(x)["loss"] for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert losses and all(np.isfinite(v) and v > 0 for v in losses)
+    # the checkpoint's tree holds the LPIPS weights under extra (orbax's metadata names them)
+    files = [p for p in (work / "checkpoints").rglob("*") if p.is_file()]
+    assert any(b"lpips" in p.read_bytes() for p in files if p.stat().st_size < 10**6)
 
 
 @pytest.mark.parametrize("name", [
