@@ -761,6 +761,22 @@ def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
     assert np.isfinite(res["noise_floor"]) and md.count("\n| ") == len(rows) + 2
 
 
+@pytest.mark.slow  # ~40 s
+def test_cm_learning_check_tiny_writes_its_table(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "cm_learning_check", ROOT / "experiments" / "cm_learning_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--tiny", "--out", str(tmp_path / "lc")])
+    saved = json.loads((tmp_path / "lc.json").read_text())["rows"]
+    assert [r["kind"] for r in saved] == ["cd", "ct", "ict"] and len(rows) == 3
+    assert all(np.isfinite(r[k]) for r in saved for k in ("sw1_init", "sw1_1", "sw1_2"))
+    assert "SW1 <= 2x CD" in saved[1]["checks"]
+
+
 FEW_STEP_RECIPES = ["cd_cifar10", "ct_cifar10", "ict_cifar10", "cd_imagenet64",
                     "shortcut_dit_b_celebahq256", "imm_cifar10", "imm_imagenet256",
                     "mg_sit_xl2_imagenet256"]
