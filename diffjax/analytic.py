@@ -169,12 +169,16 @@ def empirical(data, process: Process) -> GaussianMixture:
     return GaussianMixture.create(np.ones(len(data)), data, 0.0, process)
 
 
-def sliced_wasserstein(x, y, num_projections: int = 128, num_quantiles: int = 999, seed: int = 0):
-    """Sliced 1-Wasserstein distance between two point clouds ``(n, d)`` and ``(m, d)``.
+def sliced_wasserstein(x, y, num_projections: int = 128, num_quantiles: int = 999, seed: int = 0,
+                       p: int = 1):
+    """Sliced p-Wasserstein distance between two point clouds ``(n, d)`` and ``(m, d)``.
 
     Fixed random unit directions (``seed``) and ``num_quantiles`` interior quantiles per
-    projection (spec_classic.md section 14: 128 projections, 999 quantiles).
+    projection (spec_classic.md section 14: 128 projections, 999 quantiles);
+    ``(mean over projections and quantiles of |q_x - q_y|^p)^(1/p)`` (``p = 1``: SW1).
     """
+    if p < 1:
+        raise ValueError(f"p must be >= 1; got {p!r}")
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     rng = np.random.default_rng(seed)
@@ -183,4 +187,4 @@ def sliced_wasserstein(x, y, num_projections: int = 128, num_quantiles: int = 99
     q = (np.arange(num_quantiles) + 1.0) / (num_quantiles + 1.0)
     qx = np.quantile(x @ v, q, axis=0)
     qy = np.quantile(y @ v, q, axis=0)
-    return float(np.mean(np.abs(qx - qy)))
+    return float(np.mean(np.abs(qx - qy) ** p) ** (1.0 / p))

@@ -761,20 +761,26 @@ def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
     assert np.isfinite(res["noise_floor"]) and md.count("\n| ") == len(rows) + 2
 
 
-@pytest.mark.slow  # ~40 s
-def test_cm_learning_check_tiny_writes_its_table(tmp_path):
+@pytest.mark.slow  # ~100 s: four tiny trainings
+def test_few_step_learning_checks_tiny_write_their_tables(tmp_path):
     import importlib.util
     import json
 
     spec = importlib.util.spec_from_file_location(
-        "cm_learning_check", ROOT / "experiments" / "cm_learning_check.py")
+        "few_step_learning_checks", ROOT / "experiments" / "few_step_learning_checks.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows = mod.main(["--tiny", "--out", str(tmp_path / "lc")])
-    saved = json.loads((tmp_path / "lc.json").read_text())["rows"]
-    assert [r["kind"] for r in saved] == ["cd", "ct", "ict"] and len(rows) == 3
-    assert all(np.isfinite(r[k]) for r in saved for k in ("sw1_init", "sw1_1", "sw1_2"))
-    assert "SW1 <= 2x CD" in saved[1]["checks"]
+    mod.main(["--tiny", "--out", str(tmp_path / "lc")])
+    saved = json.loads((tmp_path / "lc.json").read_text())["checks"]
+    assert set(saved) == {"cm", "shortcut", "imm", "mg"}
+    numbers = [v for c in saved.values() for r in c["rows"] for k, v in r.items()
+               if k.startswith(("sw", "mmd", "rel", "mean", "coverage"))]
+    assert len(numbers) > 20 and all(np.isfinite(numbers))
+    assert all("checks" in r for r in saved["cm"]["rows"] + saved["imm"]["rows"])
+    md = (tmp_path / "lc.md").read_text()
+    assert md.count("## ") == 4
+    with pytest.raises(ValueError, match="unknown checks"):
+        mod.main(["--tiny", "--only", "nope", "--out", str(tmp_path / "x")])
 
 
 FEW_STEP_RECIPES = ["cd_cifar10", "ct_cifar10", "ict_cifar10", "cd_imagenet64",

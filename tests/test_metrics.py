@@ -158,6 +158,16 @@ def test_toy_metrics():
     assert toy.energy_distance(x, x) == pytest.approx(0.0, abs=1e-12)
     assert toy.energy_distance(x, y) < 0.05 < toy.energy_distance(x, z)
     assert toy.sliced_wasserstein is dj.analytic.sliced_wasserstein
+    # a shifted copy: every projection's quantiles move by v.c, so SWp = (E|v.c|^p)^(1/p);
+    # in 1-D v = +-1 and SW1 = SW2 = |c|
+    one = rng.standard_normal((500, 1))
+    for p in (1, 2):
+        assert toy.sliced_wasserstein(one, one + 0.3, p=p) == pytest.approx(0.3, rel=1e-9)
+    c = np.array([1.0, -2.0])
+    v = np.random.default_rng(0).normal(size=(2, 128))
+    v /= np.linalg.norm(v, axis=0, keepdims=True)
+    assert toy.sliced_wasserstein(x, x + c, p=2) == pytest.approx(
+        math.sqrt(np.mean((c @ v) ** 2)), rel=1e-9)
 
 
 def test_exact_nll():
