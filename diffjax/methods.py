@@ -454,7 +454,8 @@ def _build_imm(config, s, m: _Keys) -> Method:
 
 
 def _build_mg(config, s, m: _Keys) -> Method:
-    """Keys: ``omega``, ``mg_high``, ``start_step``, ``drop_prob``, ``guide_ema`` (EMA name of
+    """Keys: ``omega`` (in [1, 2); the trained model approximates CFG at ``1 / (2 - omega)``),
+    ``mg_high``, ``start_step``, ``drop_prob``, ``guide_ema`` (EMA name of
     the guide) and ``guide_ema_decay``, ``sampler`` (``euler_maruyama`` | ``euler`` |
     ``heun``), ``sample_steps``, ``sample_t_last``."""
     net, process = s["net"], s["process"]
@@ -468,6 +469,11 @@ def _build_mg(config, s, m: _Keys) -> Method:
     kw = dict(num_classes=int(s["num_classes"]), omega=float(m("omega", 1.45)),
               mg_high=float(m("mg_high", 0.75)), start_step=int(m("start_step", 100_000)),
               drop_prob=float(m("drop_prob", 0.1)))
+    if not 1.0 <= kw["omega"] < 2.0:
+        # the model is its own guide: it converges to CFG at 1 / (2 - omega), which does not
+        # exist for omega >= 2 (diffjax.losses.model_guidance, "Fixed point")
+        raise ValueError(f"config.method.omega must lie in [1, 2) (MG converges to CFG at "
+                         f"scale 1 / (2 - omega)); got {kw['omega']!r}")
     steps, t_last = int(m("sample_steps", 250)), float(m("sample_t_last", 0.04))
     sampler = m("sampler", "euler_maruyama")
     if sampler == "euler_maruyama":

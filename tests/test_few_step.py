@@ -743,6 +743,10 @@ def test_build_method_specs_and_errors():
     c3.method = dict(name="mg")
     with pytest.raises(ValueError, match="class-conditional"):
         methods_lib.build_method(c3, s3)
+    c4, s4 = _toy_setup(dict(prediction="velocity"), "linear", classes=4)
+    c4.method = dict(name="mg", omega=2.0)
+    with pytest.raises(ValueError, match=r"1 / \(2 - omega\)"):
+        methods_lib.build_method(c4, s4)
     c3.method = dict(name="shortcut", denoise_timesteps=8, bootstrap_every=8, sample_steps=3)
     with pytest.raises(ValueError, match="sample_steps"):
         methods_lib.build_method(c3, s3)

@@ -11,8 +11,17 @@ Target (spec §8a; reference ``train.py :: main`` MG block, read through the for
 ``Peterande/Diffusion-wo-CFG``): ``u_MG = u + w(t) sg(v_ema(x_t, t, y) - v_ema(x_t, t, null))``
 with ``w(t) = (omega - 1) 1[t < mg_high]``, from ``start_step`` on, for rows whose label is
 not dropped. The guidance network is the EMA model (the paper writes the online net under
-stop-gradient; spec Appendix B #6 follows the code). The fixed point of the loss is the
-CFG-guided velocity ``v_c + (omega - 1)(v_c - v_u)``.
+stop-gradient; spec Appendix B #6 follows the code).
+
+Fixed point. With a *fixed* guide that returns the true ``v_c``, ``v_u`` the regression target
+has mean ``v_c + (omega - 1)(v_c - v_u)``: CFG at scale ``omega``. But the guide is the model
+itself (its EMA), while the null-label rows keep learning ``v_u``; at convergence
+``v(c) = v_c + (omega - 1)(v(c) - v_u)``, i.e.
+``v(c) = v_u + (v_c - v_u) / (2 - omega)``: CFG at scale ``1 / (2 - omega)`` (1.82 for the
+default 1.45), and no fixed point for ``omega >= 2`` (the targets grow without bound). Measured
+(``experiments/few_step_learning_checks.py``, 1-D two classes): a trained MG model is within a
+few % RMS of CFG at ``1 / (2 - omega)`` and ~23 % away from CFG at ``omega``; with
+``omega = 2`` its velocities run away.
 """
 
 from __future__ import annotations
