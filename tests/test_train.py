@@ -99,6 +99,8 @@ def test_ema_formulas():
         T.EMASpec()
     with pytest.raises(ValueError, match="optimizer"):
         T.make_optimizer("sgdx")
+    with pytest.raises(ValueError, match=r"warmup_steps \(100\) must be smaller"):
+        T.make_optimizer("adam", 1e-3, warmup_steps=100, schedule="cosine", total_steps=100)
 
 
 def test_training_learns_and_skips_nonfinite_updates():

@@ -21,6 +21,10 @@ def make_schedule(lr: float, warmup_steps: int = 0, schedule: str = "constant",
     if schedule == "cosine":
         if not total_steps:
             raise ValueError("schedule='cosine' needs total_steps")
+        if warmup_steps >= total_steps:
+            # optax would fail later with "positive decay_steps"; name the arguments instead
+            raise ValueError(f"schedule='cosine': warmup_steps ({warmup_steps}) must be smaller "
+                             f"than total_steps ({total_steps})")
         return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1), total_steps,
                                                   end_value=lr * end_lr_ratio)
     if warmup_steps > 0:
