@@ -74,8 +74,8 @@ from diffjax.metrics.fid import (
     FeatureStatistics,
     compute_statistics,
     inception_score,
-    sha256_file,
 )
+from diffjax.utils.checksum import save_npz_with_checksum, verify_sha256
 
 __all__ = [
     "IMAGE_METRICS",
@@ -503,8 +503,6 @@ def save_reference(path, ref: ReferenceFeatures) -> str:
     """Write ``ref`` to ``path`` (npz: ``mu``, ``sigma``, ``num_samples`` as pytorch-fid and
     :func:`diffjax.metrics.load_statistics` read them; ``mu_s``/``sigma_s`` as the ADM evaluator;
     ``features``; ``meta_*``) and its sha256 to ``path + '.sha256'``; returns the digest."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arrays = dict(mu=ref.stats.mu, sigma=ref.stats.sigma,
                   num_samples=np.int64(ref.stats.num_samples))
     if ref.spatial is not None:
@@ -512,12 +510,7 @@ def save_reference(path, ref: ReferenceFeatures) -> str:
     if ref.features is not None:
         arrays["features"] = np.asarray(ref.features, np.float32)
     arrays.update({f"meta_{k}": np.asarray(str(v)) for k, v in ref.meta.items()})
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    digest = sha256_file(path)
-    Path(path + ".sha256").write_text(digest + "\n")
-    return digest
+    return save_npz_with_checksum(path, arrays)
 
 
 def load_reference(path, *, space: str | None = None, sha256: str | None = None
@@ -532,12 +525,8 @@ def load_reference(path, *, space: str | None = None, sha256: str | None = None
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"reference file {path!r} does not exist")
-    expected = sha256
-    if expected is None and os.path.exists(path + ".sha256"):
-        expected = Path(path + ".sha256").read_text().strip()
-    if expected is not None and sha256_file(path) != expected:
-        raise ValueError(f"checksum mismatch for reference {path!r}: expected {expected}, got "
-                         f"{sha256_file(path)}; delete it (and its .sha256) to recompute")
+    verify_sha256(path, sha256, what="reference",
+                  hint="delete it (and its .sha256) to recompute")
     with np.load(path) as z:
         if "mu" not in z or "sigma" not in z:
             raise ValueError(f"reference {path!r} has no 'mu'/'sigma' arrays (keys: "

@@ -242,7 +242,7 @@ def parity_net(tmp_path_factory):
             inc.convert_pytorch_fid_weights(pth, path)
         digest = inc.convert_pytorch_fid_weights(pth, path, check_hash=False)
         assert open(str(path) + ".sha256").read().strip() == digest
-    net = inc.load_inception(path, sha256=inc._sha256(path), layout="NCHW")
+    net = inc.load_inception(path, sha256=inc.sha256_file(path), layout="NCHW")
     back = inc.flax_to_torch_state_dict(net.variables)
     assert sorted(back) == sorted(sd)
     for k in ("Mixed_6d.branch7x7_2.conv.weight", "fc.weight",

@@ -21,7 +21,6 @@ channels of ``mixed_6/conv`` (17x17x7 = 2023-d), as in the ADM evaluator.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
+
+from diffjax.utils.checksum import save_npz_with_checksum, sha256_file, verify_sha256
 
 __all__ = [
     "FeatureStatistics",
@@ -133,27 +134,12 @@ def inception_score(probs, splits: int = 10, *, from_logits: bool = False):
 # ---------------------------------------------------------------- cached statistics
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_statistics(path, stats: FeatureStatistics, **meta) -> str:
     """Write ``path`` (npz: mu, sigma, num_samples, meta strings) and ``path + '.sha256'``;
     returns the checksum."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     extra = {f"meta_{k}": np.asarray(str(v)) for k, v in meta.items()}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, num_samples=np.int64(stats.num_samples), **extra)
-    os.replace(tmp, path)
-    digest = sha256_file(path)
-    with open(path + ".sha256", "w") as f:
-        f.write(digest + "\n")
-    return digest
+    return save_npz_with_checksum(path, dict(mu=stats.mu, sigma=stats.sigma,
+                                             num_samples=np.int64(stats.num_samples), **extra))
 
 
 def load_statistics(path, sha256: str | None = None) -> FeatureStatistics:
@@ -162,14 +148,7 @@ def load_statistics(path, sha256: str | None = None) -> FeatureStatistics:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"statistics file {path!r} does not exist")
-    expected = sha256
-    if expected is None and os.path.exists(path + ".sha256"):
-        with open(path + ".sha256") as f:
-            expected = f.read().strip()
-    if expected is not None:
-        got = sha256_file(path)
-        if got != expected:
-            raise ValueError(f"checksum mismatch for {path!r}: expected {expected}, got {got}")
+    verify_sha256(path, sha256)
     with np.load(path) as z:
         n = int(z["num_samples"]) if "num_samples" in z else -1
         return FeatureStatistics(z["mu"].astype(np.float64), z["sigma"].astype(np.float64), n)

@@ -32,7 +32,6 @@ layouts) plus a ``.sha256`` side file; :func:`load_inception` loads that file, n
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from diffjax.utils.checksum import (
+    expected_sha256,
+    save_npz_with_checksum,
+    sha256_file,
+    verify_sha256,
+)
 
 __all__ = [
     "FID_WEIGHTS_URL",
@@ -337,14 +343,6 @@ def _check_complete(state_dict):
                          f"{[(k, got[k], expected[k]) for k in bad[:5]]}")
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_pth(path):
     try:
         import torch
@@ -364,7 +362,7 @@ def convert_pytorch_fid_weights(pth_path, npz_path, check_hash: bool = True) -> 
     if not os.path.exists(pth_path):
         raise FileNotFoundError(_missing_message(pth_path))
     if check_hash:
-        digest = _sha256(pth_path)
+        digest = sha256_file(pth_path)
         if not digest.startswith(FID_WEIGHTS_SHA256_PREFIX):
             raise ValueError(f"{pth_path!r} has sha256 {digest}, expected prefix "
                              f"{FID_WEIGHTS_SHA256_PREFIX} (pt_inception-2015-12-05); pass "
@@ -373,13 +371,7 @@ def convert_pytorch_fid_weights(pth_path, npz_path, check_hash: bool = True) -> 
     _check_complete(sd)
     arrays = {k: np.asarray(v, np.float32) for k, v in sd.items()
               if not k.endswith("num_batches_tracked")}
-    os.makedirs(os.path.dirname(os.path.abspath(npz_path)), exist_ok=True)
-    tmp = npz_path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, npz_path)
-    digest = _sha256(npz_path)
-    with open(npz_path + ".sha256", "w") as f:
-        f.write(digest + "\n")
+    digest = save_npz_with_checksum(npz_path, arrays)
     return digest
 
 
@@ -449,23 +441,17 @@ def load_inception(path, sha256: str | None = None, **kwargs) -> FIDInception:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(_missing_message(path))
-    expected = sha256
-    if expected is None and os.path.exists(path + ".sha256"):
-        with open(path + ".sha256") as f:
-            expected = f.read().strip()
+    expected = expected_sha256(path, sha256)
     if path.endswith(".pth") or path.endswith(".pt"):
         if expected is None:
             expected_prefix = FID_WEIGHTS_SHA256_PREFIX
-            got = _sha256(path)
+            got = sha256_file(path)
             if not got.startswith(expected_prefix):
                 raise ValueError(f"{path!r}: sha256 {got} lacks prefix {expected_prefix}")
         sd = _read_pth(path)
     else:
         sd = None
-    if expected is not None:
-        got = _sha256(path)
-        if got != expected:
-            raise ValueError(f"checksum mismatch for {path!r}: expected {expected}, got {got}")
+    verify_sha256(path, expected)
     if sd is None:
         with np.load(path) as z:
             sd = {k: z[k] for k in z.files}

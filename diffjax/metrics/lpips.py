@@ -59,7 +59,6 @@ NaN there).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import zipfile
@@ -70,6 +69,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from diffjax.utils.checksum import save_npz_with_checksum, verify_sha256
 
 __all__ = [
     "LPIPS",
@@ -351,28 +352,11 @@ def lpips_torch_state_dicts(model: LPIPS) -> tuple[dict, dict]:
     return feats, lins
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_lpips_npz(path, features_sd: Mapping, lin_sd: Mapping) -> str:
     """Validate and write LPIPS weights to ``path`` (``.npz``, torch names and layouts:
     ``features.<i>.weight|bias`` and ``lin<k>.model.1.weight``, float32) plus
     ``path + '.sha256'``. Arguments as :func:`convert_torch_lpips`. Returns the sha256."""
-    path = os.fspath(path)
-    sd = _canonical(features_sd, lin_sd)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
-    np.savez(tmp, **sd)
-    os.replace(tmp, path)
-    digest = _sha256(path)
-    with open(path + ".sha256", "w") as f:
-        f.write(digest + "\n")
-    return digest
+    return save_npz_with_checksum(path, _canonical(features_sd, lin_sd))
 
 
 def _expected_message(path) -> str:
@@ -401,14 +385,7 @@ def load_lpips(path, pooling: str = "max", sha256: str | None = None, **kwargs) 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"LPIPS weights not found at {_expected_message(path)}")
-    expected = sha256
-    if expected is None and os.path.exists(path + ".sha256"):
-        with open(path + ".sha256") as f:
-            expected = f.read().strip()
-    if expected is not None:
-        got = _sha256(path)
-        if got != expected:
-            raise ValueError(f"checksum mismatch for {path!r}: expected {expected}, got {got}")
+    verify_sha256(path, sha256)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
