@@ -319,8 +319,24 @@ def _setup(config, workdir):
     loader = D.make_loader(source, batch_size=batch_size, seed=seed,
                            random_flip=bool(dcfg.pop("flip", False)))
     example = next(iter(D.make_loader(source, batch_size=1, seed=seed)))
-    x_shape = tuple(example["image"].shape[1:])
-    has_label = "label" in example
+    parts = model_setup(config, tuple(example["image"].shape[1:]), "label" in example,
+                        data_name=data_name, process=process)
+    return dict(seed=seed, loader=loader, batch_size=batch_size, heldout=heldout, source=source,
+                **parts)
+
+
+def model_setup(config, x_shape, has_label: bool = False, *, data_name=None,
+                process=None) -> dict:
+    """The model side of a run, for data of shape ``x_shape``: what :func:`train` and the
+    ``method`` plug-ins (:func:`diffjax.methods.build_method`) need, also for experiments that
+    draw their data in memory (``experiments/few_step_*.py``).
+
+    Returns a dict: ``process``, ``net`` (binds parameters into a sampler model),
+    ``init_params(key)``, ``x_shape``, ``has_label`` (False for an unconditional model),
+    ``num_classes``. Raises ``ValueError`` when the model does not fit ``x_shape``.
+    """
+    process = build_process(config.get("process")) if process is None else process
+    x_shape = tuple(x_shape)
     model_cfg = config.model
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
     _check_shapes(model_cfg, abstract, x_shape, has_label, data_name)
@@ -333,9 +349,8 @@ def _setup(config, workdir):
         rest = nnx.state(build_model(model_cfg, nnx.Rngs(0)), nnx.Not(nnx.Param))
     net = _Net(graphdef, rest, model_cfg, process)
     init_params = lambda key: nnx.state(build_model(model_cfg, nnx.Rngs(key)), nnx.Param)
-    return dict(seed=seed, process=process, loader=loader, batch_size=batch_size, heldout=heldout,
-                x_shape=x_shape, has_label=has_label, net=net, init_params=init_params,
-                source=source, num_classes=num_classes)
+    return dict(process=process, net=net, init_params=init_params, x_shape=x_shape,
+                has_label=has_label, num_classes=num_classes)
 
 
 def _ema_specs(config) -> dict:

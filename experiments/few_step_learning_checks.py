@@ -50,7 +50,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 import diffjax as dj
 from diffjax import experiment as E
@@ -83,16 +82,11 @@ def ring(radius, std=0.05, modes=8, process=None):
 
 
 def setup(config, batch_size, dim):
-    """The network binder and initialiser a method gets (what ``diffjax.experiment`` builds)."""
-    process = E.build_process(config.process)
-    abstract = nnx.eval_shape(lambda: E.build_model(config.model, nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
-    net = E._Net(graphdef, rest, config.model, process)
+    """The network binder and initialiser a method gets (:func:`diffjax.experiment.model_setup`)
+    for in-memory data of dimension ``dim``."""
     k = int(config.model.get("num_classes", 0))
-    init = lambda key: nnx.state(E.build_model(config.model, nnx.Rngs(key)), nnx.Param)
-    return dict(process=process, net=net, init_params=init, x_shape=(dim,),
-                num_classes=k or None, has_label=bool(k), batch_size=batch_size, seed=0,
-                source=None)
+    s = E.model_setup(config, (dim,), has_label=bool(k))
+    return dict(s, batch_size=batch_size, seed=0, source=None)
 
 
 def fit(loss_fn, init_params, specs, draw, steps, batch, seed=0, init_extra=None):

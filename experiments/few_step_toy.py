@@ -40,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 import diffjax as dj
 from diffjax import experiment as E
@@ -137,15 +136,9 @@ MG_FIXED_POINT = 1.0 / (2.0 - OMEGA)
 
 def setup(config, batch_size, seed=0):
     """What :func:`diffjax.experiment._setup` gives a method, for in-memory mixture data."""
-    process = E.build_process(config.process)
-    abstract = nnx.eval_shape(lambda: E.build_model(config.model, nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
-    net = E._Net(graphdef, rest, config.model, process)
     k = int(config.model.get("num_classes", 0))
-    init = lambda key: nnx.state(E.build_model(config.model, nnx.Rngs(key)), nnx.Param)
-    return dict(process=process, net=net, init_params=init, x_shape=(2,),
-                num_classes=k or None, has_label=bool(k), batch_size=batch_size, seed=seed,
-                source=None)
+    s = E.model_setup(config, (2,), has_label=bool(k))
+    return dict(s, batch_size=batch_size, seed=seed, source=None)
 
 
 def bound(net, params):
