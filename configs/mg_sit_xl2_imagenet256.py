@@ -19,7 +19,10 @@ Training: linear path x_t = (1 - t) x + t eps, target u = eps - x; after ``start
           100k, rows whose label is kept get u + (omega - 1) sg(v_ema(x_t, y) - v_ema(x_t, null))
           for t < 0.75 (omega = 1.45, EMA network as the guide: spec Appendix B #6);
           round_stoch(0.1 B) rows get the null label and the plain target; AdamW lr 1e-4,
-          weight decay 0, batch 256, EMA 0.9999 (spec section 8a).
+          weight decay 0, batch 256, EMA 0.9999 (spec section 8a). The model is its own
+          guide, so it converges to CFG at scale 1 / (2 - omega) = 1.82, not 1.45
+          (``diffjax.losses.model_guidance``, measured in
+          ``experiments/results/few_step_learning_checks_cpu.md``).
 Samples:  Euler-Maruyama, 250 steps on linspace(1, 0.04) then a noiseless last step to 0,
           diffusion g^2 = 2 t (``EulerMaruyama(diffusion='sigma')``), guidance scale 1.
 Paper number: ImageNet 256 FID-50K 1.34 without CFG (reference README; 1.39 on one node).
