@@ -1,15 +1,11 @@
 """The main job (analytic demo) and the benchmark scripts run end to end in their small modes."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 from diffjax import cli
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_quick_writes_table_and_images(tmp_path):
@@ -31,11 +27,7 @@ def test_demo_quick_writes_table_and_images(tmp_path):
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up in sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"experiments/benchmarks/{name}.py")
 
 
 @pytest.mark.slow  # compiles a UNet and a DiT train step (~45 s on 2 cores)

@@ -1,12 +1,12 @@
 """Every config has a smoke variant that trains, checkpoints, resumes and samples end to end
 through the command line (tiny models, seconds on CPU)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from diffjax import cli
 
@@ -14,10 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 
 
 def _load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(path)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _scripts import load_script
 
 import diffjax as dj
 from diffjax.losses import consistency as cm
@@ -677,17 +678,7 @@ def test_toy_mlp_second_scalar():
 
 
 def _toy_module():
-    """``experiments/few_step_toy.py`` (not a package: loaded from its path)."""
-    import importlib.util
-    import sys
-
-    if "few_step_toy" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "few_step_toy", ROOT / "experiments" / "few_step_toy.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules["few_step_toy"] = mod
-    return sys.modules["few_step_toy"]
+    return load_script("experiments/few_step_toy.py")
 
 
 def _toy_setup(model_kw, process, batch=16, classes=0):
@@ -767,13 +758,9 @@ def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
 
 @pytest.mark.slow  # ~100 s: four tiny trainings
 def test_few_step_learning_checks_tiny_write_their_tables(tmp_path):
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location(
-        "few_step_learning_checks", ROOT / "experiments" / "few_step_learning_checks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("experiments/few_step_learning_checks.py")
     mod.main(["--tiny", "--out", str(tmp_path / "lc")])
     saved = json.loads((tmp_path / "lc.json").read_text())["checks"]
     assert set(saved) == {"cm", "shortcut", "imm", "mg"}

@@ -1,25 +1,14 @@
 """Smoke test of ``experiments/few_step_digits.py --tiny`` (the few-step digits table)."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _module():
-    """``experiments/few_step_digits.py`` (not a package: loaded from its path)."""
-    if "few_step_digits" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "few_step_digits", ROOT / "experiments" / "few_step_digits.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules["few_step_digits"] = mod
-    return sys.modules["few_step_digits"]
+    return load_script("experiments/few_step_digits.py")
 
 
 @pytest.mark.slow  # ~40 s: three compiles of a tiny NCSN++ train step (reference, EDM, CD)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _scripts import load_script
 from conftest import make_gmm
 
 import diffjax as dj
@@ -541,14 +542,7 @@ def test_trained_noisy_classifier_learns_the_exact_posterior_and_guides():
 
 
 def _toy_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "guidance_toy_images.py"
-    spec = importlib.util.spec_from_file_location("guidance_toy_images", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/guidance_toy_images.py")
 
 
 def test_colour_digits_keep_grey_and_encode_the_class():

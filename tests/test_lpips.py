@@ -4,29 +4,24 @@ The fixture (experiments/fixtures/record_lpips_parity.py) holds no weights: both
 with ``random_lpips_state_dicts(seed)`` and the fixture stores their sha256.
 """
 
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _scripts import load_script
 from flax import nnx
 
 from diffjax.losses.consistency import consistency_distance
 from diffjax.metrics import lpips as L
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "lpips_parity.npz")
 RTOL = 1e-5
 
 
 def _load_recorder():
-    path = os.path.join(ROOT, "experiments", "fixtures", "record_lpips_parity.py")
-    spec = importlib.util.spec_from_file_location("record_lpips_parity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/fixtures/record_lpips_parity.py")
 
 
 @pytest.fixture(scope="module")

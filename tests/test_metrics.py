@@ -1,13 +1,13 @@
 """Metrics: Fréchet distance / FID / IS / precision-recall / toy metrics in closed form, and the
 FID Inception against pytorch-fid fixtures (random weights regenerated from a seed)."""
 
-import importlib.util
 import math
 import os
 import warnings
 
 import numpy as np
 import pytest
+from _scripts import load_script
 from scipy import linalg
 
 import diffjax as dj
@@ -15,16 +15,11 @@ from diffjax.metrics import fid as F
 from diffjax.metrics import precision_recall as PR
 from diffjax.metrics import toy
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "inception_parity.npz")
 
 
 def _load_recorder():
-    path = os.path.join(ROOT, "experiments", "fixtures", "record_inception_parity.py")
-    spec = importlib.util.spec_from_file_location("record_inception_parity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/fixtures/record_inception_parity.py")
 
 
 def _rand_spd(rng, d, n=None):
