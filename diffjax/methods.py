@@ -50,7 +50,7 @@ from diffjax.processes import EDM, Linear
 from diffjax.samplers import few_step
 from diffjax.train.ema import EMASpec
 
-__all__ = ["Method", "METHODS", "build_method", "load_config"]
+__all__ = ["Method", "METHODS", "build_method", "consistency_function", "load_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +141,14 @@ def _x0_raw(net, params, *, train=False, key=None):
         raise ValueError("consistency methods need an EDM-preconditioned network: set "
                          "model.precond='edm' (and process.name='edm')")
     return model.net, model.sigma_data
+
+
+def consistency_function(net, params, process: EDM, *, train=False, key=None):
+    """``f_theta``: the raw part of an EDM-preconditioned network re-wrapped in
+    :class:`~diffjax.parameterization.ConsistencyPrecond` (``f(x, sigma_min) = x``), as CD/CT
+    train and sample it; ``key`` is the dropout key when ``train``."""
+    raw, sd = _x0_raw(net, params, train=train, key=key)
+    return ConsistencyPrecond(raw, process, sd, sigma_min=process.sigma_min)
 
 
 def _second_scalar(cond_y, s_value):
@@ -251,8 +259,7 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
     kw = dict(process=process, weighting=weighting, sigma_data=float(m("sigma_data", 0.5)))
 
     def f_apply(params, x, t, cond, key):
-        raw, sd = _x0_raw(net, params, train=True, key=key)
-        return ConsistencyPrecond(raw, process, sd, sigma_min=process.sigma_min)(x, t, cond)
+        return consistency_function(net, params, process, train=True, key=key)(x, t, cond)
 
     target = m("target_ema", "target")
     if mode == "cd":
@@ -327,8 +334,7 @@ def _build_consistency(config, s, m: _Keys, mode: str, teacher=None) -> Method:
     m.done(mode)
 
     def sample(params, key, n, cond=None):
-        raw, sd = _x0_raw(net, params)
-        f = ConsistencyPrecond(raw, process, sd, sigma_min=process.sigma_min)
+        f = consistency_function(net, params, process)
         shape = (int(n),) + tuple(s["x_shape"])
         if len(ts) == 1:
             return few_step.consistency_onestep(f, key, shape, process=process, cond=cond,

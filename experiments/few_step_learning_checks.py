@@ -58,7 +58,7 @@ from diffjax import train as T
 from diffjax.guidance import ClassifierFreeGuidance
 from diffjax.losses import consistency as cm
 from diffjax.metrics import toy as toy_metrics
-from diffjax.parameterization import ConsistencyPrecond, convert
+from diffjax.parameterization import convert
 from diffjax.processes import EDM, Linear
 from diffjax.samplers import few_step
 
@@ -140,12 +140,10 @@ def toy_config(process, width, depth, **model_kw):
 
 
 def consistency_fn(net, process):
-    """``f_theta(x, t)``: the raw MLP re-wrapped with the boundary condition (as the library's
-    CD/CT methods do)."""
+    """``f_theta(params, x, t)`` as the library's CD/CT methods build it."""
     def f(params, x, t, cond=None, key=None):
-        model = net.bind(params, train=key is not None, key=key)
-        return ConsistencyPrecond(model.net, process, model.sigma_data,
-                                  sigma_min=process.sigma_min)(x, t, cond)
+        return methods.consistency_function(net, params, process, train=key is not None,
+                                            key=key)(x, t, cond)
     return f
 
 
