@@ -245,7 +245,7 @@ def random_inception_variables(seed: int = 0) -> dict:
     convolutions), BatchNorm identity (scale 1, bias 0, mean 0, var 1). NOT the FID weights."""
     import jax
 
-    from diffjax.metrics.inception import _abstract_variables
+    from diffjax.metrics.inception import abstract_variables
 
     rng = np.random.default_rng(seed)
 
@@ -258,7 +258,7 @@ def random_inception_variables(seed: int = 0) -> dict:
             return np.ones(a.shape, np.float32)
         return np.zeros(a.shape, np.float32)
 
-    return jax.tree_util.tree_map_with_path(leaf, _abstract_variables())
+    return jax.tree_util.tree_map_with_path(leaf, abstract_variables())
 
 
 def jax_features(forward: Callable, variables, *, name: str, description: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.processes import Process, _check_steps
+from diffjax.processes import Process, check_steps
 
 __all__ = [
     "uniform_grid",
@@ -32,13 +32,13 @@ def _out(t) -> jnp.ndarray:
 
 def uniform_grid(num_steps: int, t_max: float = 1.0, t_min: float = 0.0) -> jnp.ndarray:
     """``linspace(t_max, t_min, N + 1)`` (score_sde uses ``t_min = eps = 1e-3`` for VP)."""
-    _check_steps(num_steps)
+    check_steps(num_steps)
     return _out(np.linspace(t_max, t_min, num_steps + 1))
 
 
 def quadratic_grid(num_steps: int, t_max: float = 1.0, t_min: float = 0.0) -> jnp.ndarray:
     """Quadratic spacing, dense near the data (DDIM's ``quad`` sub-sequence, continuous form)."""
-    _check_steps(num_steps)
+    check_steps(num_steps)
     u = np.linspace(1.0, 0.0, num_steps + 1)
     return _out(t_min + (t_max - t_min) * u**2)
 
@@ -50,7 +50,7 @@ def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 8
     ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``
     for ``i = 0..N-1``, followed by ``sigma_N = 0`` when ``append_zero``.
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
     if num_steps == 1:
         s = np.array([sigma_max], np.float64)
     else:
@@ -79,7 +79,7 @@ def karras_grid(process: Process, num_steps: int, sigma_min: float | None = None
 def log_snr_grid(process: Process, num_steps: int, t_max: float = 1.0,
                  t_min: float = 1e-3) -> jnp.ndarray:
     """Grid uniform in log-SNR between ``lambda(t_max)`` and ``lambda(t_min)``."""
-    _check_steps(num_steps)
+    check_steps(num_steps)
     lam = jnp.linspace(process.log_snr(t_max), process.log_snr(t_min), num_steps + 1)
     t = process.t_from_log_snr(lam)
     # pin the end points exactly (the inverse is exact only to float32 rounding)

@@ -73,7 +73,7 @@ import numpy as np
 from diffjax.integrate import batch_max_rms_norm, dopri5
 from diffjax.parameterization import check_kind
 from diffjax.processes import Process
-from diffjax.samplers.driver import _combine, _partition, make_denoise, per_sample_keys
+from diffjax.samplers.driver import combine_static, make_denoise, partition_static, per_sample_keys
 
 Array = Any
 
@@ -294,7 +294,7 @@ class _LikConfig:
 @functools.partial(jax.jit, static_argnames=("static", "config"))
 def _loglik_run(dyn, x, key, offset, eps, t_max, rtol, atol, prior_var, max_steps, *,
                 static, config: _LikConfig):
-    model, process, cond = _combine(dyn, static)
+    model, process, cond = combine_static(dyn, static)
     x = x.astype(jnp.float32)
     velocity = probability_flow(model, process=process, prediction=config.prediction, cond=cond)
     div = divergence_fn(velocity, config.divergence)
@@ -391,7 +391,7 @@ def log_likelihood(
         raise TypeError(f"model must be callable model(x, t, cond); got {type(model).__name__}")
     if key is None:
         key = jax.random.PRNGKey(0)  # unused by the exact divergence
-    dyn, static = _partition((model, process, cond))
+    dyn, static = partition_static((model, process, cond))
     config = _LikConfig(prediction, divergence, probe if divergence == "hutchinson" else "",
                         prior_var is not None)
     f32 = lambda v: jnp.asarray(v, jnp.float32)
@@ -473,7 +473,7 @@ class _SolveConfig:
 @functools.partial(jax.jit, static_argnames=("static", "config"))
 def _pf_solve(dyn, key, x_init, offset, t0, t1, rtol, atol, max_steps, *, static,
               config: _SolveConfig):
-    model, process, cond = _combine(dyn, static)
+    model, process, cond = combine_static(dyn, static)
     shape = config.shape
     if config.has_x_init:
         x = x_init.astype(jnp.float32)
@@ -493,7 +493,7 @@ def _pf_solve(dyn, key, x_init, offset, t0, t1, rtol, atol, max_steps, *, static
 
 def _solve(model, key, shape, x_init, offset, t0, t1, rtol, atol, max_steps, process,
            prediction, cond, final_denoise):
-    dyn, static = _partition((model, process, cond))
+    dyn, static = partition_static((model, process, cond))
     config = _SolveConfig(shape, prediction, x_init is not None, bool(final_denoise))
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     xi = jnp.zeros((), jnp.float32) if x_init is None else jnp.asarray(x_init)

@@ -421,14 +421,14 @@ class DiscreteVP(Process):
 def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  rescale: bool = False) -> np.ndarray:
     """DDPM linear betas (float64). ``rescale``: iDDPM's ``scale = 1000 / T`` on both ends."""
-    _check_steps(num_steps)
+    check_steps(num_steps)
     scale = 1000.0 / num_steps if rescale else 1.0
     return np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64)
 
 
 def quadratic_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
     """DDPM's ``quad`` schedule: ``linspace(sqrt(b0), sqrt(b1))^2`` (float64)."""
-    _check_steps(num_steps)
+    check_steps(num_steps)
     return np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float64) ** 2
 
 
@@ -438,7 +438,7 @@ def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.99
     ``alpha_bar(t) = f(t) / f(0)``, ``f(t) = cos^2((t/T + s) / (1 + s) * pi / 2)``;
     ``beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta)``.
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
     f = lambda u: np.cos((u + s) / (1.0 + s) * math.pi / 2.0) ** 2
     u = np.arange(num_steps + 1, dtype=np.float64) / num_steps
     return np.minimum(1.0 - f(u[1:]) / f(u[:-1]), max_beta)
@@ -452,7 +452,7 @@ def sohl_dickstein_betas(num_steps: int = 1000, step1_beta: float = 1e-3,
     variance each step; it is then squashed into ``[min_beta_t, 1 - 1e-5]`` with
     ``min_beta_1 = min_beta + step1_beta`` (the un-learned temporal perturbation is zero).
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
     base = 1.0 / np.linspace(num_steps, 2.0, num_steps, dtype=np.float64)
     lo = np.full(num_steps, min_beta, np.float64)
     lo[0] += step1_beta
@@ -514,7 +514,7 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, kind: str = "uniform") ->
     ``int(linspace(0, sqrt(0.8 T), S)^2)``; ``trailing``: ``round(arange(T, 0, -T/S)) - 1``
     (always includes ``T - 1``); ``linspace``: ``round(linspace(0, T - 1, S))``.
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
     T, S = num_timesteps, num_steps
     if S > T:
         raise ValueError(f"num_steps={S} exceeds num_timesteps={T}")
@@ -534,6 +534,6 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, kind: str = "uniform") ->
     return sorted(set(seq))
 
 
-def _check_steps(n):
+def check_steps(n):
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"number of steps must be an integer >= 1; got {n!r}")

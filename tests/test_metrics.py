@@ -186,14 +186,14 @@ def test_exact_nll():
 
 
 def test_resize_matches_torch_formula():
-    from diffjax.metrics.inception import _interp_matrix, resize_bilinear
+    from diffjax.metrics.inception import interp_matrix, resize_bilinear
 
-    m = _interp_matrix(4, 8, "pytorch")
+    m = interp_matrix(4, 8, "pytorch")
     np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-6)
     # 2x upsampling with half-pixel centres: out[1] = 0.75 in[0] + 0.25 in[1], out[0] = in[0]
     np.testing.assert_allclose(m[0], [1, 0, 0, 0])
     np.testing.assert_allclose(m[1], [0.75, 0.25, 0, 0])
-    np.testing.assert_allclose(_interp_matrix(4, 2, "tf1")[1], [0, 0, 1, 0])
+    np.testing.assert_allclose(interp_matrix(4, 2, "tf1")[1], [0, 0, 1, 0])
     x = np.random.default_rng(0).uniform(size=(1, 5, 5, 3)).astype(np.float32)
     assert resize_bilinear(x, 5) is x
 

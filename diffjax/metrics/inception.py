@@ -216,7 +216,7 @@ class InceptionV3(nn.Module):
 
 
 @functools.lru_cache(maxsize=32)
-def _interp_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
+def interp_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
     """``(n_out, n_in)`` bilinear interpolation weights along one axis."""
     scale = n_in / n_out
     dst = np.arange(n_out, dtype=np.float64)
@@ -241,8 +241,8 @@ def resize_bilinear(x, size: int | Sequence[int] = 299, mode: str = "pytorch"):
     _, h, w, _ = x.shape
     if (h, w) == (oh, ow):
         return x
-    my = jnp.asarray(_interp_matrix(h, oh, mode))
-    mx = jnp.asarray(_interp_matrix(w, ow, mode))
+    my = jnp.asarray(interp_matrix(h, oh, mode))
+    mx = jnp.asarray(interp_matrix(w, ow, mode))
     return jnp.einsum("ph,bhwc,qw->bpqc", my, x, mx, precision=_HI)
 
 
@@ -305,7 +305,7 @@ def flax_to_torch_state_dict(variables) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _abstract_variables():
+def abstract_variables():
     x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
     return jax.eval_shape(InceptionV3().init, jax.random.key(0), x)
 
@@ -313,7 +313,7 @@ def _abstract_variables():
 def torch_state_dict_shapes() -> dict:
     """``{torch key: shape}`` of the float tensors in pytorch-fid's state dict."""
     shapes = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(_abstract_variables())[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_variables())[0]:
         names = [p.key for p in path]
         mod, leaf_name = names[1:-1], names[-1]
         s = tuple(leaf.shape)

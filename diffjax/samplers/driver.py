@@ -170,7 +170,7 @@ class _Static:
         return isinstance(other, _Static) and self._key == other._key
 
 
-def _partition(tree):
+def partition_static(tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     dyn = [leaf if _is_dynamic(leaf) else None for leaf in leaves]
     static = tuple(None if _is_dynamic(leaf) else _Hashable(leaf) for leaf in leaves)
@@ -202,7 +202,7 @@ class _Hashable:
             return False
 
 
-def _combine(dyn, static: _Static):
+def combine_static(dyn, static: _Static):
     leaves = [d if s is None else s.v for d, s in zip(dyn, static.static_leaves)]
     return jax.tree_util.tree_unflatten(static.treedef, leaves)
 
@@ -238,7 +238,7 @@ def _constrain(x, mesh):
 @functools.partial(jax.jit, static_argnames=("static", "config"))
 def _run(dyn, key, grid, x_init, offset, *, static: _Static, config: _Config):
     _TRACES["count"] += 1
-    model, step, process, cond, clip_x0 = _combine(dyn, static)
+    model, step, process, cond, clip_x0 = combine_static(dyn, static)
     shape = config.shape
     num_steps = grid.shape[0] - 1
     keys = per_sample_keys(key, shape[0], offset)
@@ -366,7 +366,7 @@ def _prepare(model, key, shape, grid, step, process, prediction, cond, x_init, l
         mesh = _default_mesh(shape[0])
     elif mesh is not None and shape[0] % mesh.shape["data"]:
         raise ValueError(f"batch {shape[0]} is not divisible by the mesh's data axis {mesh.shape}")
-    dyn, static = _partition((model, step, process, cond, clip_x0))
+    dyn, static = partition_static((model, step, process, cond, clip_x0))
     if mesh is not None:
         dyn = _onto_mesh(dyn, mesh)
     config = _Config(shape, prediction, bool(learned_variance), mesh, bool(return_trajectory),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from diffjax.samplers.driver import Step
-from diffjax.samplers.ode import _rk_step
+from diffjax.samplers.ode import rk_step
 
 __all__ = ["EDMStochastic", "EulerAncestral"]
 
@@ -47,8 +47,8 @@ class EDMStochastic(Step):
         # whose square root, ~sigma * 3e-4, would inject noise with churn off).
         churn = sig * jnp.sqrt(gamma * (2.0 + gamma)) * self.s_noise
         x_hat = (a_hat / proc.alpha(t)) * x + a_hat * churn * ctx.normal(x)
-        heun = lambda x: _rk_step(ctx, x, t_hat, s, "edm", (0.0, 1.0), ((), (1.0,)), (0.5, 0.5))
-        euler = lambda x: _rk_step(ctx, x, t_hat, s, "edm", (0.0,), ((),), (1.0,))
+        heun = lambda x: rk_step(ctx, x, t_hat, s, "edm", (0.0, 1.0), ((), (1.0,)), (0.5, 0.5))
+        euler = lambda x: rk_step(ctx, x, t_hat, s, "edm", (0.0,), ((),), (1.0,))
         return jax.lax.cond(proc.sigma(s) > 0, heun, euler, x_hat), state
 
 

@@ -42,7 +42,7 @@ def _t_of_tau(proc, tau, coords):
     return tau if coords == "time" else proc.t_from_sigma_tilde(tau)
 
 
-def _rk_step(ctx, x, t, s, coords, c, A, b):
+def rk_step(ctx, x, t, s, coords, c, A, b):
     """One explicit Runge-Kutta step with Butcher tableau ``(c, A, b)`` from ``t`` to ``s``.
 
     ``'time'``: the textbook form on ``dx/dt = alpha_dot x0_hat + sigma_dot eps_hat``.
@@ -93,7 +93,7 @@ class Euler(Step):
 
     def __call__(self, ctx, x, t, s, state):
         co = resolve_coords(self.coords, ctx.process)
-        return _rk_step(ctx, x, t, s, co, (0.0,), ((),), (1.0,)), state
+        return rk_step(ctx, x, t, s, co, (0.0,), ((),), (1.0,)), state
 
 
 @struct.dataclass
@@ -106,8 +106,8 @@ class Heun(Step):
 
     def __call__(self, ctx, x, t, s, state):
         co = resolve_coords(self.coords, ctx.process)
-        heun = lambda x: _rk_step(ctx, x, t, s, co, (0.0, 1.0), ((), (1.0,)), (0.5, 0.5))
-        euler = lambda x: _rk_step(ctx, x, t, s, co, (0.0,), ((),), (1.0,))
+        heun = lambda x: rk_step(ctx, x, t, s, co, (0.0, 1.0), ((), (1.0,)), (0.5, 0.5))
+        euler = lambda x: rk_step(ctx, x, t, s, co, (0.0,), ((),), (1.0,))
         return jax.lax.cond(ctx.process.sigma(s) > 0, heun, euler, x), state
 
 
@@ -121,7 +121,7 @@ class RK4(Step):
     def __call__(self, ctx, x, t, s, state):
         co = resolve_coords(self.coords, ctx.process)
         A = ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0))
-        return _rk_step(ctx, x, t, s, co, (0.0, 0.5, 0.5, 1.0), A, (1 / 6, 1 / 3, 1 / 3, 1 / 6)), state
+        return rk_step(ctx, x, t, s, co, (0.0, 0.5, 0.5, 1.0), A, (1 / 6, 1 / 3, 1 / 3, 1 / 6)), state
 
 
 @struct.dataclass
