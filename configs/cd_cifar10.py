@@ -35,7 +35,7 @@ Paper number: CIFAR-10 FID 3.55 at 1 NFE with LPIPS (abstract); 2.93 at 2 NFE
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

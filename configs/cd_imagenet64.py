@@ -26,7 +26,7 @@ Paper number: ImageNet-64 FID 6.20 at 1 NFE with LPIPS (abstract); 4.70 at 2 NFE
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

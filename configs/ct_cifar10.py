@@ -28,7 +28,7 @@ Paper number: CIFAR-10 FID 8.70 at 1 NFE, 5.83 at 2 NFE, with LPIPS [memory, unv
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

@@ -22,7 +22,7 @@ Paper number: CIFAR-10 FID 3.17 and IS 9.46 (50k samples vs. training-set statis
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

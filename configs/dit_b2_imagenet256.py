@@ -30,7 +30,7 @@ Paper number: DiT-B/2 FID-50K 43.47 at 400k steps without guidance (DiT scaling 
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 #: documented default location of the pre-extracted latents (relative to the working directory)
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents.npz"

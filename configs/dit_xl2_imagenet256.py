@@ -34,7 +34,7 @@ Paper number: DiT-XL/2 FID-50K 2.27 (IS 278.24) with CFG 1.5 [readme]; 9.62 with
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 #: documented default location of the pre-extracted latents (relative to the working directory)
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents.npz"

@@ -23,7 +23,7 @@ Paper number: CIFAR-10 unconditional FID 1.97 at 35 NFE (EDM README, spec sectio
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

@@ -31,7 +31,7 @@ On the 2-D toy (``experiments/results/few_step_toy_longer_cpu.md``) these change
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

@@ -29,7 +29,7 @@ Paper number: L_hybrid cosine CIFAR-10 FID 3.19 (spec section 4b, [2nd]) with NL
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

@@ -35,7 +35,7 @@ Paper number: CIFAR-10 FID 1.98 at 2 NFE (abstract); 3.20 at 1 NFE [memory, unve
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

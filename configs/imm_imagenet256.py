@@ -29,7 +29,7 @@ Paper number: ImageNet 256 FID 1.99 at 8 steps with CFG 1.5 (abstract); 8.05 / 3
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 DEFAULT_LATENTS = "data/imagenet256_imm_latents.npz"
 

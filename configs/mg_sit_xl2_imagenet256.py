@@ -32,7 +32,7 @@ Paper number: ImageNet 256 FID-50K 1.34 without CFG (reference README; 1.39 on o
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents.npz"
 

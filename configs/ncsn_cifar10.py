@@ -24,7 +24,7 @@ Paper number: CIFAR-10 Inception score 8.87 and FID 25.32 (spec section 6b: [mem
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

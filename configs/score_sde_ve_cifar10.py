@@ -22,7 +22,7 @@ Paper number: VE NCSN++ cont. CIFAR-10 FID 2.38, IS 9.83 (score_sde README, spec
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

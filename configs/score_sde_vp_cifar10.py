@@ -21,7 +21,7 @@ Paper number: VP DDPM++ cont. CIFAR-10 FID 2.55, IS 9.58 (score_sde README, spec
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 
 def get_config(arg=None):

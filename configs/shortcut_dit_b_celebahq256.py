@@ -27,7 +27,7 @@ Paper number: CelebA-HQ 256 FID 6.9 / 13.8 / 20.5 at 128 / 4 / 1 steps with the 
 
 import ml_collections
 
-from diffjax.experiment import smoke_variant
+from diffjax.run.smoke import smoke_variant
 
 DEFAULT_LATENTS = "data/celebahq256_sdvae_latents.npz"
 

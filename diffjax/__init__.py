@@ -29,3 +29,11 @@ from diffjax.processes import EDM, GVP, VE, VP, DiscreteVP, Linear, SubVP
 from diffjax.samplers import sample
 
 __version__ = "0.1.0"
+
+
+def load(workdir, **kwargs):
+    """Load a trained run for sampling (a notebook's entry point): the newest checkpoint's EMA
+    weights, network, process and sampler. See :func:`diffjax.run.load.load`."""
+    from diffjax.run.load import load as _load  # the run layer sits above the library core
+
+    return _load(workdir, **kwargs)

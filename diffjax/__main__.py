@@ -1,6 +1,6 @@
-"""``python -m diffjax ...``: see :mod:`diffjax.cli`."""
+"""``python -m diffjax ...``: see :mod:`diffjax.run.cli`."""
 
-from diffjax.cli import main
+from diffjax.run.cli import main
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ import json
 import pytest
 from _scripts import load_script
 
-from diffjax import cli
+from diffjax.run import cli
 
 
 def test_demo_quick_writes_table_and_images(tmp_path):

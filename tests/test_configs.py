@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _scripts import load_script
 
-from diffjax import cli
+from diffjax.run import cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 

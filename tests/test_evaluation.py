@@ -11,7 +11,7 @@ import pytest
 from conftest import make_gmm
 
 import diffjax as dj
-from diffjax import cli
+from diffjax.run import cli
 from diffjax import evaluation as EV
 from diffjax import samplers as S
 

@@ -1,9 +1,8 @@
-"""The ``eval`` command from a config: :func:`evaluate` and its config plumbing.
+"""The ``eval`` command: which samples, which feature space, which reference, which metrics.
 
-Split from :mod:`diffjax.experiment` (which builds and trains from a config) because
-evaluation is its own idea: which samples, which feature space, which reference, which
-metrics (:mod:`diffjax.evaluation` does the work and documents the FID-50k protocol). Like
-:mod:`diffjax.experiment` it is a config reader; the library core never imports it.
+:mod:`diffjax.evaluation` does the work and documents the FID-50k protocol (Heusel et al.
+2017; sample ``i`` seeded by ``(seed, i)``, so the set is the same at any chunk size and device
+count); this module reads the ``eval`` config section and the run's checkpoint.
 """
 
 from __future__ import annotations
@@ -16,20 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import diffjax as dj
-from diffjax import samplers as S
-from diffjax.experiment import (
-    LOSSES,
-    SCHEDULE_SAMPLER_KEYS,
-    _grid,
-    _kw,
-    _make_step,
-    _pick,
-    _prediction,
-    _restore,
-    _sampling_model,
-    _source,
+from diffjax import methods as M
+from diffjax.run.build import (
+    build_sampling,
+    data_source,
+    plain_loss,
+    sample_weights,
 )
+from diffjax.run.config import section
+from diffjax.run.load import restore
+from diffjax.run.train import class_labels
 
 __all__ = ["evaluate"]
 
@@ -40,7 +35,7 @@ def _eval_reference_source(config, which: str):
     ``(images, description)``; built from the data section only (no model)."""
     from diffjax import data as D
 
-    dcfg = _kw(config.data)
+    dcfg = section(config.data)
     name = dcfg.get("name")
     holdout = int(dcfg.get("holdout", 0) or 0)
     if which == "heldout":
@@ -49,7 +44,7 @@ def _eval_reference_source(config, which: str):
         dcfg["split"] = dcfg.get("split", "train")
     elif which != "train":
         dcfg["split"] = which
-    source = _source(dcfg)
+    source = data_source(dcfg)
     if isinstance(source, D.ArraySource):
         images = source.images
     else:  # file-backed (TFDS, folders): records in index order, streamed in batches
@@ -64,51 +59,31 @@ def _eval_reference_source(config, which: str):
     return images, n, f"{name} ({which}, {n} records)"
 
 
-def _eval_sampler(config, s, state):
+def _eval_sampler(config, built, state):
     """``(sample_fn(key, batch, offset), protocol)`` for :func:`diffjax.evaluation.generate`:
-    the ``sample`` section's sampler, sample ``i`` seeded by ``fold_in(key, i)`` and labelled
-    ``i mod K`` for class-conditional models (per-sample, so chunking changes nothing)."""
+    the run's method samples, sample ``i`` seeded by ``(key, i)`` and labelled ``i mod K`` for
+    class-conditional models (per-sample, so chunking changes nothing)."""
+    params, which = sample_weights(config, state)
+    k_cls = built.setup.num_classes
     scfg = config.get("sample") or {}
-    process = s["process"]
-    sm = _sampling_model(config, s, state)
-    model, params, prediction, learned = sm["model"], sm["params"], sm["prediction"], sm["learned"]
-    which, scale, k_cls = sm["which"], sm["guidance"], s["num_classes"]
-    labels = lambda b, off: (jnp.arange(b, dtype=jnp.int32) + off) % k_cls if k_cls else None
-    protocol = {"weights": which or "params", "guidance": scale, "class_labels":
+    protocol = {"weights": which, "class_labels":
                 "i mod K (class-balanced)" if k_cls else "none (unconditional)"}
-    if config.get("method"):  # a diffjax.methods sampler: no per-sample offsets
-        from diffjax import methods
-
-        m = methods.build_method(config, s)
-        protocol.update(sampler=f"method {config.method.name} (its own sampler; seeds per chunk)")
-        return (lambda key, b, off: m.sample(params, jax.random.fold_in(key, off), b,
-                                             labels(b, off))), protocol
-    step, grid = _make_step(scfg), _grid(scfg, process)
-    kind = scfg.get("x_init", None)
-    lo, hi = tuple(scfg.get("x_init_range", (-1.0, 1.0)))
-
-    def sample_fn(key, b, off):
-        shape = (b,) + s["x_shape"]
-        x_init = None
-        if kind == "uniform":  # NCSN's start, one draw per sample key
-            keys = S.per_sample_keys(jax.random.fold_in(key, 7), b, off)
-            x_init = jax.vmap(lambda k: jax.random.uniform(k, shape[1:], jnp.float32, lo,
-                                                           hi))(keys)
-        elif kind not in (None, "prior"):
-            raise ValueError(f"unknown sample.x_init {kind!r}; expected 'prior' or 'uniform'")
-        return dj.sample(model, key, shape, grid, step, process=process, prediction=prediction,
-                         cond=labels(b, off), learned_variance=learned, x_init=x_init,
-                         clip_x0=scfg.get("clip_x0", None), sample_offset=off)
-
-    protocol.update(sampler=scfg.get("sampler", "ddim"), num_steps=int(len(grid) - 1),
-                    step=str(step), clip_x0=scfg.get("clip_x0", None))
-    return sample_fn, protocol
+    method = built.method
+    if method.name == "diffusion":
+        sampling = build_sampling(config, built.setup.process)
+        protocol.update(sampler=scfg.get("sampler", "ddim"), guidance=sampling.guidance,
+                        num_steps=int(len(sampling.grid) - 1), step=str(sampling.step),
+                        clip_x0=sampling.clip_x0)
+    else:
+        protocol.update(sampler=f"method {method.name} ({method.nfe} network evaluations)")
+    return (lambda key, b, off: method.sample(params, key, b, class_labels(b, k_cls, off),
+                                              off)), protocol
 
 
 def _eval_settings(config, num_samples):
     from diffjax import evaluation as EV
 
-    ecfg = _kw(config.get("eval"))
+    ecfg = section(config.get("eval"))
     known = ("metrics", "num_samples", "batch_size", "inception_weights", "reference",
              "reference_cache", "reference_max", "features", "quantize", "is_splits", "pr_k",
              "feature_batch_size", "resize", "save_samples", "seed", "bpd_num", "loss_batches",
@@ -145,7 +120,7 @@ def _eval_features(ecfg, config):
     name = ecfg["features"]
     if name == "auto":  # the real FID Inception when given, the digit classifier for digits
         name = ("inception" if ecfg.get("inception_weights")
-                else "digits" if _kw(config.data).get("name") == "digits" else "inception")
+                else "digits" if section(config.data).get("name") == "digits" else "inception")
     try:
         return EV.feature_space(name, inception_weights=ecfg.get("inception_weights"),
                                 resize=ecfg.get("resize", "pytorch"),
@@ -155,25 +130,21 @@ def _eval_features(ecfg, config):
         raise ValueError(f"eval.features={ecfg['features']!r}: {e}") from None
 
 
-def _eval_loss(config, s, state, batches: int) -> float:
-    """The denoising loss of the evaluated weights on ``batches`` fresh data batches."""
-    lcfg = _kw(config.loss)
-    loss_name = lcfg.pop("name", "ddpm")
-    loss = _pick(LOSSES, loss_name, "loss.name")
-    for k in SCHEDULE_SAMPLER_KEYS:
-        lcfg.pop(k, None)  # how training draws indices: the evaluation draws them uniformly
-    prediction = _prediction(config.model, loss_name)
-    which = (config.get("sample") or {}).get("ema", next(iter(state.ema), None))
-    params = state.ema[which] if which else state.params
-    net, process = s["net"], s["process"]
-    fn = jax.jit(lambda p, k, x, y: loss(net.bind(p), k, x, process=process,
-                                         prediction=prediction, cond=y, **lcfg)[0].mean())
-    it = iter(s["loader"])
+def _eval_loss(config, built, state, batches: int) -> float:
+    """The plain denoising loss of the evaluated weights on ``batches`` fresh data batches
+    (indices drawn uniformly, whatever training's schedule sampler)."""
+    loss, lkw, _ = plain_loss(config)
+    params, _ = sample_weights(config, state)
+    setup = built.setup
+    prediction = build_sampling(config, setup.process).prediction
+    fn = jax.jit(lambda p, k, x, y: loss(setup.network.bind(p), k, x, process=setup.process,
+                                         prediction=prediction, cond=y, **lkw)[0].mean())
+    it = iter(built.data.loader)
     vals = []
     for i in range(batches):
         b = next(it)
         vals.append(float(fn(params, jax.random.key(1000 + i), jnp.asarray(b["image"]),
-                             jnp.asarray(b["label"]) if s["has_label"] else None)))
+                             jnp.asarray(b["label"]) if setup.num_classes else None)))
     return float(np.mean(vals))
 
 
@@ -222,8 +193,8 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
         protocol.update(samples=f"{images} ({n} images, made elsewhere)" if not points
                         else f"{images} ({n} points, made elsewhere)")
     else:
-        s, state = _restore(config, workdir)
-        points = len(s["x_shape"]) == 1
+        s, state = restore(config, workdir, data=True)
+        points = len(s.setup.x_shape) == 1
         n = ecfg["num_samples"]
         protocol.update(checkpoint_step=int(state.step))
     metrics = ecfg["metrics"]
@@ -239,8 +210,7 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
     if want_loss:
         out["step"] = int(state.step)
         out["loss"] = _eval_loss(config, s, state, int(ecfg.get("loss_batches", 10)))
-        out["weights"] = (config.get("sample") or {}).get("ema", next(iter(state.ema), None)) \
-            or "params"
+        out["weights"] = sample_weights(config, state)[1]
     ref_spec = str(ecfg["reference"])
     is_path = ref_spec.endswith((".npz", ".npy")) or os.sep in ref_spec
     key = jax.random.key(int(ecfg["seed"]))
@@ -267,8 +237,8 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
             if ecfg.get("save_samples", True) and state is not None:
                 np.savez(workdir / "eval_samples.npz", samples=x)
     else:
-        if s is not None and s["x_shape"][-1] not in (1, 3):
-            raise ValueError(f"the model draws {s['x_shape']} arrays (latents?), not 1- or "
+        if s is not None and s.setup.x_shape[-1] not in (1, 3):
+            raise ValueError(f"the model draws {s.setup.x_shape} arrays (latents?), not 1- or "
                              "3-channel images; decode them and evaluate the images with "
                              "--images")
         space = _eval_features(ecfg, config)
@@ -322,7 +292,7 @@ def _eval_reference(config, ecfg, space, workdir, ref_spec, is_path, progress):
         tag = p.stem
     else:
         images, total, desc = _eval_reference_source(config, ref_spec)
-        tag = f"{_kw(config.data).get('name')}_{ref_spec}"
+        tag = f"{section(config.data).get('name')}_{ref_spec}"
     limit = ecfg.get("reference_max", None)
     cache = ecfg.get("reference_cache", None)
     if cache is None:
@@ -337,18 +307,20 @@ def _eval_bpd(config, s, state, ecfg, points) -> dict:
     """``bpd`` of the evaluated weights on the held-out records (else the data split)."""
     from diffjax import evaluation as EV
 
-    sm = _sampling_model(config, s, state, guided=False)
-    which_data = "heldout" if s["heldout"] is not None else "train"
+    params, _ = sample_weights(config, state)
+    sampling = build_sampling(config, s.setup.process)
+    model = M.sampling_model(s.setup, params, sampling, guided=False)
+    which_data = "heldout" if s.data.heldout is not None else "train"
     data, _, desc = _eval_reference_source(config, which_data)
     n = int(ecfg.get("bpd_num", 64))
     x = np.asarray(data[:n] if hasattr(data, "shape") else np.concatenate(list(data))[:n],
                    np.float32)
-    if s["num_classes"]:
+    if s.setup.num_classes:
         raise ValueError("eval.metrics 'bpd' is not wired for class-conditional models")
     if not points:
         x = EV.quantize(x, ecfg["quantize"]).astype(np.float32) / 127.5 - 1.0
-    res = EV.bits_per_dim(sm["model"], x, process=s["process"], prediction=sm["prediction"],
+    res = EV.bits_per_dim(model, x, process=s.setup.process, prediction=sampling.prediction,
                           key=jax.random.key(int(ecfg["seed"]) + 1),
-                          learned_variance=sm["learned"], image_data=not points)
+                          learned_variance=sampling.learned_variance, image_data=not points)
     res["bpd_data"] = f"{desc}, first {len(x)}"
     return res
