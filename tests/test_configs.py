@@ -33,6 +33,9 @@ def test_digits_smoke_train_resume_sample_eval(tmp_path):
     out = cli.main(["train", f"--config={cfg}", f"--workdir={tmp_path}"])
     assert out["start_step"] == 0 and out["end_step"] == 20
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "smoke_losses.json")
+                          .read_text())["quickstart"]  # before the Method refactor
+    np.testing.assert_allclose([m["loss"] for m in lines], list(recorded.values()), rtol=1e-6)
     assert [m["step"] for m in lines] == [10, 20] and all(np.isfinite(m["loss"]) for m in lines)
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "samples_0000010.png").exists()  # periodic grids (sample_every=10)
@@ -61,58 +64,94 @@ def test_digits_smoke_train_resume_sample_eval(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Paper recipes: every smoke variant trains, checkpoints and samples through the command line
+# Paper recipes: every smoke variant trains, samples and evaluates through the command line
 # ----------------------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ["ddpm_cifar10", "iddpm_cifar10", "ncsn_cifar10", "score_sde_vp_cifar10",
-           "score_sde_ve_cifar10", "edm_cifar10", "dit_b2_imagenet256", "dit_xl2_imagenet256"]
+RECIPES = sorted(p.stem for p in CONFIGS if p.stem != "quickstart")
+#: recipes whose smoke variant trains on latents (no embedded data): a random latent set
+LATENT_RECIPES = ("dit_", "shortcut_", "imm_imagenet", "mg_")
+#: the plain-diffusion smokes' logged losses, recorded before the run layer became a Method
+#: per training path (experiments/fixtures/record_smoke_losses.py, at commit b2d4863)
+SMOKE_LOSSES = json.loads((ROOT / "tests" / "fixtures" / "smoke_losses.json").read_text())
 
 
 def _latents(tmp_path, n=64, size=8, channels=4, classes=10):
-    """A tiny random latent set (the DiT smoke variants have no embedded data)."""
+    """A tiny random latent set (as the recorded smokes used: 64 latents, labels i mod 10)."""
     rng = np.random.default_rng(0)
-    path = tmp_path / "latents.npz"
-    np.savez(path, latents=rng.standard_normal((n, size, size, channels)).astype(np.float32),
-             labels=(np.arange(n) % classes).astype(np.int32))
+    path = tmp_path / f"latents{classes}.npz"
+    kw = dict(latents=rng.standard_normal((n, size, size, channels)).astype(np.float32))
+    if classes:
+        kw["labels"] = (np.arange(n) % classes).astype(np.int32)
+    np.savez(path, **kw)
     return path
 
 
 def _recipe_args(name, tmp_path, workdir):
     args = [f"--config={ROOT / 'configs' / name}.py:smoke", f"--workdir={workdir}"]
-    if name.startswith("dit_"):
-        args.append(f"--config.data.name={_latents(tmp_path)}")
+    if name.startswith(LATENT_RECIPES):
+        classes = 0 if name.startswith("shortcut") else 10
+        args.append(f"--config.data.name={_latents(tmp_path, classes=classes)}")
     return args
 
 
+def _losses(work):
+    return {str(m["step"]): m["loss"] for m in
+            (json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines())}
+
+
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_smoke_trains_checkpoints_and_samples(name, tmp_path):
+def test_recipe_smoke_trains_samples_and_evaluates(name, tmp_path):
+    """Train (checkpoint, losses finite; plain diffusion: the losses recorded before the
+    refactor), sample from the checkpoint, and evaluate it, all through the command line."""
     work = tmp_path / "work"
-    out = cli.main(["train"] + _recipe_args(name, tmp_path, work))
-    steps = _load(ROOT / "configs" / f"{name}.py").get_config("smoke").train.num_steps
+    args = _recipe_args(name, tmp_path, work)
+    out = cli.main(["train"] + args)
+    cfg = _load(ROOT / "configs" / f"{name}.py").get_config("smoke")
+    steps = cfg.train.num_steps
     assert out["start_step"] == 0 and out["end_step"] == steps
-    lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
-    assert lines and all(np.isfinite(m["loss"]) for m in lines)
+    losses = _losses(work)
+    assert losses and all(np.isfinite(v) for v in losses.values())
+    if name in SMOKE_LOSSES:  # plain diffusion computes exactly what it computed before
+        assert not cfg.get("method")
+        np.testing.assert_allclose([losses[k] for k in SMOKE_LOSSES[name]],
+                                   list(SMOKE_LOSSES[name].values()), rtol=1e-6)
     assert any((work / "checkpoints").iterdir())
     x = np.load(work / "samples.npz")["samples"]
     assert x.shape[0] == out["samples"]["num_samples"] and np.all(np.isfinite(x))
     assert (work / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    res = cli.main(["sample"] + args + ["--num_samples=2", "--seed=3"])
+    y = np.load(work / "samples.npz")["samples"]
+    assert res["num_samples"] == 2 and y.shape == (2,) + x.shape[1:] and np.all(np.isfinite(y))
+    evargs = ["eval"] + args + ["--config.eval.features=pixels", "--config.eval.metrics=fid",
+                                "--config.eval.num_samples=8", "--config.eval.batch_size=4",
+                                "--config.eval.reference_max=64"]
+    if x.shape[-1] in (1, 3):
+        ev = cli.main(evargs)
+        assert ev["protocol"]["checkpoint_step"] == steps and np.isfinite(ev["fid"])
+        assert ev["protocol"]["num_samples"] == 8 and (work / "eval.md").exists()
+    else:  # latents: no image metric until a VAE decodes them
+        with pytest.raises(ValueError, match="latents"):
+            cli.main(evargs)
 
 
-@pytest.mark.slow  # builds every full-size network abstractly (~35 s in all)
+@pytest.mark.slow  # builds every full-size network abstractly (~60 s in all)
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_full_config_model_matches_its_data(name):
     """The full recipe's network is built for the paper's data shape (abstractly, no memory)."""
-    from flax import nnx
-
-    from diffjax import experiment as E
+    from diffjax.methods import METHODS
+    from diffjax.run import build as B
 
     cfg = _load(ROOT / "configs" / f"{name}.py").get_config()
-    net = nnx.eval_shape(lambda: E.build_model(cfg.model, nnx.Rngs(0)))
-    want = (32, 32, 4) if name.startswith("dit_") else (32, 32, 3)
-    assert E._model_input(cfg.model, net)[0] == want
-    assert cfg.process.name in E.PROCESSES and cfg.loss.name in E.LOSSES
-    assert (E._num_classes(net) == 1000) == name.startswith("dit_")
+    net = B.build_network(cfg.model, B.build_process(cfg.get("process")))
+    want = {"cd_imagenet64": (64, 64, 3)}.get(
+        name, (32, 32, 4) if name.startswith(LATENT_RECIPES) else (32, 32, 3))
+    assert B.model_input(cfg.model, net.abstract)[0] == want
+    if cfg.get("method"):
+        assert cfg.method.name in METHODS
+    else:
+        assert cfg.loss.name in B.LOSSES
+        assert (net.num_classes == 1000) == name.startswith("dit_")
 
 
 def test_recipe_bad_inputs_name_the_key(tmp_path):
@@ -134,13 +173,20 @@ def test_recipe_bad_inputs_name_the_key(tmp_path):
         cli.main(["train"] + dit + [f"--config.data.name={_latents(tmp_path, size=16)}"])
     with pytest.raises(ValueError, match=r"unknown config key 'nope'"):
         cli.main(["train"] + ddpm + ["--config.model.nope=1"])
+    with pytest.raises(ValueError, match=r"unknown config.method keys \['bogus'\]"):
+        cli.main(["train"] + _recipe_args("ct_cifar10", tmp_path, tmp_path / "d")
+                 + ["--config.method.bogus=1"])
+    with pytest.raises(ValueError, match="unknown sample.sampler 'nope'"):
+        cli.main(["train"] + ddpm + ["--config.sample.sampler=nope"])
     assert not (tmp_path / "a" / "checkpoints").exists()
 
 
 def test_iddpm_vlb_with_importance_sampling_trains_checkpoints_and_restores(tmp_path):
     """L_vlb with iDDPM's loss-second-moment sampler through the command line: the loss
     history is carried by the train step, checkpointed, and restored for sampling."""
-    from diffjax import experiment as E
+    from diffjax.run.build import restore
+    from diffjax.run.load import sample
+    from diffjax.run.train import train
 
     work = tmp_path / "work"
     cfg = _load(ROOT / "configs" / "iddpm_cifar10.py").get_config("smoke")
@@ -148,13 +194,13 @@ def test_iddpm_vlb_with_importance_sampling_trains_checkpoints_and_restores(tmp_
         cli.main(["train"] + _recipe_args("iddpm_cifar10", tmp_path, work)
                  + ["--config.loss.name=vlb"])
     cfg.loss = dict(name="vlb", schedule_sampler="loss-second-moment")
-    out = E.train(cfg, work)
+    out = train(cfg, work)
     assert out["end_step"] == 4
-    _, state = E._restore(cfg, work)  # the checkpoint holds the loss history
+    _, state = restore(cfg, work)  # the checkpoint holds the loss history
     counts = np.asarray(state.extra["resampler"].counts)
     assert counts.shape == (4000,) and counts.sum() == 4 * cfg.data.batch_size
     # 8 samples over the 8 devices while the state lives on a 1-device mesh (smoke: data=1)
-    assert E.sample(cfg, work, num_samples=8)["num_samples"] == 8
+    assert sample(cfg, work, num_samples=8)["num_samples"] == 8
     with pytest.raises(ValueError, match="loss.schedule_sampler"):
         cli.main(["train"] + _recipe_args("iddpm_cifar10", tmp_path, tmp_path / "b")
                  + ["--config.loss.schedule_sampler=nope"])

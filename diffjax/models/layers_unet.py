@@ -46,7 +46,7 @@ from diffjax.models.denoiser import Denoiser, as_denoiser  # noqa: F401  (re-exp
 
 Array = Any
 Dtype = Any
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 __all__ = [
     "AXES",
@@ -81,7 +81,7 @@ AXES = {
 }
 
 
-def _part(init, names):
+def part(init, names):
     return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
@@ -93,12 +93,12 @@ def _vs(scale: float):
 
 def conv_init(scale: float = 1.0):
     """Conv kernel initialiser with logical axes (``scale=0`` is DDPM's zero-ish init)."""
-    return _part(_vs(scale), AXES["conv"])
+    return part(_vs(scale), AXES["conv"])
 
 
 def dense_init(scale: float = 1.0):
     """Dense kernel initialiser with logical axes."""
-    return _part(_vs(scale), AXES["dense"])
+    return part(_vs(scale), AXES["dense"])
 
 
 def default_groups(channels: int) -> int:
@@ -142,8 +142,8 @@ class GroupNorm(nnx.Module):
         self.gn = nnx.GroupNorm(
             channels, num_groups=groups, epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
             use_fast_variance=False, rngs=rngs,
-            scale_init=_part(nnx.initializers.ones_init(), AXES["norm"]),
-            bias_init=_part(nnx.initializers.zeros_init(), AXES["norm"]))
+            scale_init=part(nnx.initializers.ones_init(), AXES["norm"]),
+            bias_init=part(nnx.initializers.zeros_init(), AXES["norm"]))
 
     def __call__(self, x: Array) -> Array:
         return self.gn(x.astype(jnp.float32)).astype(self.dtype)
@@ -157,7 +157,7 @@ def Conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: Any = N
         padding = ((kernel // 2, kernel // 2),) * 2
     return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding, use_bias=use_bias,
                     dtype=dtype, param_dtype=param_dtype, kernel_init=conv_init(init_scale),
-                    bias_init=_part(nnx.initializers.zeros_init(), AXES["bias"]), rngs=rngs)
+                    bias_init=part(nnx.initializers.zeros_init(), AXES["bias"]), rngs=rngs)
 
 
 def Dense(cin: int, cout: int, *, init_scale: float = 1.0, dtype: Dtype = jnp.float32,
@@ -165,7 +165,7 @@ def Dense(cin: int, cout: int, *, init_scale: float = 1.0, dtype: Dtype = jnp.fl
     """Dense layer (also the 1x1 "NIN" convolutions of DDPM and score_sde)."""
     return nnx.Linear(cin, cout, dtype=dtype, param_dtype=param_dtype,
                       kernel_init=dense_init(init_scale),
-                      bias_init=_part(nnx.initializers.zeros_init(), AXES["bias"]), rngs=rngs)
+                      bias_init=part(nnx.initializers.zeros_init(), AXES["bias"]), rngs=rngs)
 
 
 class TimeEmbedding(nnx.Module):
@@ -361,7 +361,7 @@ class ResBlock(nnx.Module):
         if self.skip is not None:
             x = self.skip(x)
         out = x.astype(h.dtype) + h
-        return out * _INV_SQRT2 if self.skip_rescale else out
+        return out * INV_SQRT2 if self.skip_rescale else out
 
 
 class AttnBlock(nnx.Module):
@@ -398,7 +398,7 @@ class AttnBlock(nnx.Module):
         q, k, v = (m(h).reshape(b, hh * ww, n, c // n) for m in (self.q, self.k, self.v))
         o = jax.nn.dot_product_attention(q, k, v).reshape(b, hh * ww, c)
         out = x + self.proj(o).reshape(b, hh, ww, c).astype(x.dtype)
-        return out * _INV_SQRT2 if self.skip_rescale else out
+        return out * INV_SQRT2 if self.skip_rescale else out
 
 
 class AttentionPool2d(nnx.Module):

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from diffjax.models.layers_unet import (
-    _INV_SQRT2,
+    INV_SQRT2,
     AttnBlock,
     Conv,
     Downsample,
@@ -328,7 +328,7 @@ class NCSNpp(nnx.Module):
                 elif self.progressive_input == "residual":
                     pyr = m[k](pyr)
                     k += 1
-                    pyr = (pyr + h) * _INV_SQRT2 if self.skip_rescale else pyr + h
+                    pyr = (pyr + h) * INV_SQRT2 if self.skip_rescale else pyr + h
                     h = pyr
                 hs.append(h)
         h = self._res(m[k], hs[-1], emb, train, rngs)
@@ -354,7 +354,7 @@ class NCSNpp(nnx.Module):
                 else:
                     pyramid = m[k](pyramid)
                     k += 1
-                    pyramid = (pyramid + h) * _INV_SQRT2 if self.skip_rescale else pyramid + h
+                    pyramid = (pyramid + h) * INV_SQRT2 if self.skip_rescale else pyramid + h
                     h = pyramid
             if i != 0:
                 if self.resblock_type == "ddpm":

@@ -37,7 +37,7 @@ from diffjax.models.layers_unet import (
     ResBlock,
     TimeEmbedding,
     Upsample,
-    _part,
+    part,
     as_denoiser,
     timestep_embedding,
 )
@@ -133,7 +133,7 @@ class UNet(nnx.Module):
         self.time_embed = TimeEmbedding(ch, temb, **kw)
         self.class_embed = None if num_classes is None else nnx.Embed(
             num_classes, temb, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-            embedding_init=_part(nnx.initializers.normal(1.0), AXES["embed"]))
+            embedding_init=part(nnx.initializers.normal(1.0), AXES["embed"]))
         self.conv_in = Conv(in_channels, int(ch * ch_mult[0]), 3, **kw)
 
         chans = [int(ch * m) for m in ch_mult]

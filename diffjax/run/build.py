@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from diffjax.run.config import Section, load_config, pick, section
 __all__ = ["PROCESSES", "LOSSES", "MODELS", "CORRECTORS", "SCHEDULE_SAMPLERS",
            "LEARNED_VARIANCE_LOSSES", "Data", "Built", "build_process", "build_model",
            "build_network", "model_input", "build_data", "build_sampling", "build_method",
-           "build", "ema_specs_of", "prediction_of", "sample_weights"]
+           "build", "ema_specs_of", "prediction_of", "sample_weights", "restore", "read_run"]
 
 PROCESSES = {
     "ddpm_linear": lambda num_steps=1000, **kw: dj.DiscreteVP.linear(num_steps, **kw),
@@ -392,8 +393,6 @@ def teacher_loader(keys: Section, setup: M.Setup, seed: int):
                          "config.method.allow_untrained_teacher=True")
 
     def restored():
-        from diffjax.run.load import restore
-
         built, state = restore(load_config(tconfig), workdir)
         params = state.ema[which] if which else state.params
         want = jax.tree_util.tree_structure(jax.eval_shape(setup.network.init,
@@ -507,3 +506,35 @@ def build(config, *, data: bool = True, x_shape=None, has_label: bool = False,
     ocfg.setdefault("total_steps", int(config.train.num_steps))
     return Built(config, setup, method, ema_specs_of(config, method),
                  T.make_optimizer(**ocfg), int(config.get("seed", 0)), d)
+
+
+def read_run(workdir) -> dict:
+    path = Path(workdir) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {workdir!r} holds no diffjax run "
+                                "(train one with `python -m diffjax train --workdir=...`)")
+    return json.loads(path.read_text())
+
+
+def restore(config, workdir, *, data: bool = False, teacher=None) -> tuple[Built, Any]:
+    """``(built, state)`` of the newest checkpoint in ``workdir``, restored into abstract
+    shapes on one device (no throwaway concrete state is built first). The data set is opened
+    only with ``data`` or when ``workdir/run.json`` does not record the data shape."""
+    workdir = Path(workdir)
+    saved = read_run(workdir) if (workdir / "run.json").is_file() and not data else None
+    if saved is not None:
+        built = build(config, data=False, x_shape=tuple(saved["x_shape"]),
+                      has_label=bool(saved.get("has_label", False)), teacher=teacher)
+    else:
+        built = build(config, teacher=teacher)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev),
+        jax.eval_shape(built.init_state))
+    ck = T.Checkpointer(workdir / "checkpoints")
+    found = ck.restore_latest(abstract)
+    ck.close()
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}; run `python -m "
+                                "diffjax train` with this --workdir first")
+    return built, found[1]

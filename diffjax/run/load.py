@@ -14,52 +14,17 @@ scale, a traced value) runs the compiled program again without tracing.
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from diffjax import methods as M
-from diffjax import train as T
-from diffjax.run.build import Built, build, build_sampling, sample_weights
+from diffjax.run.build import Built, build_sampling, read_run, restore, sample_weights
 from diffjax.run.config import from_dict
 from diffjax.run.train import class_labels, write_samples
 
-__all__ = ["restore", "load", "Loaded", "sample"]
-
-
-def _saved(workdir) -> dict:
-    path = Path(workdir) / "run.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {workdir!r} holds no diffjax run "
-                                "(train one with `python -m diffjax train --workdir=...`)")
-    return json.loads(path.read_text())
-
-
-def restore(config, workdir, *, data: bool = False, teacher=None) -> tuple[Built, Any]:
-    """``(built, state)`` of the newest checkpoint in ``workdir``, restored into abstract
-    shapes on one device (no throwaway concrete state is built first). The data set is opened
-    only with ``data`` or when ``workdir/run.json`` does not record the data shape."""
-    workdir = Path(workdir)
-    saved = _saved(workdir) if (workdir / "run.json").is_file() and not data else None
-    if saved is not None:
-        built = build(config, data=False, x_shape=tuple(saved["x_shape"]),
-                      has_label=bool(saved.get("has_label", False)), teacher=teacher)
-    else:
-        built = build(config, teacher=teacher)
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev),
-        jax.eval_shape(built.init_state))
-    ck = T.Checkpointer(workdir / "checkpoints")
-    found = ck.restore_latest(abstract)
-    ck.close()
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}; run `python -m "
-                                "diffjax train` with this --workdir first")
-    return built, found[1]
+__all__ = ["load", "Loaded", "sample"]
 
 
 @dataclasses.dataclass
@@ -157,7 +122,7 @@ def load(workdir, *, weights: str | None = None, config=None) -> Loaded:
     Returns:
       A :class:`Loaded` run.
     """
-    saved = _saved(workdir)
+    saved = read_run(workdir)
     config = from_dict(saved["config"]) if config is None else config
     built, state = restore(config, workdir)
     if weights is None:
