@@ -88,7 +88,7 @@ __all__ = [
     "divergence_fn",
     "prior_logp",
     "log_likelihood",
-    "bits_per_dim",
+    "logp_to_bits_per_dim",
     "uniform_dequantize",
     "sample_ode_adaptive",
     "encode_ode",
@@ -342,8 +342,8 @@ def log_likelihood(
     Integrates ``(x, delta_logp)`` from ``t = eps`` to ``t_max`` with adaptive dopri5 and
     returns ``log p(x) = log N(x_1; 0, prior_var I) + delta_logp`` per datapoint (score_sde
     ``likelihood.py:get_likelihood_fn``, which returns ``-log p / (D ln 2)`` instead; see
-    :func:`bits_per_dim`). Jitted; the tolerances, ``eps``, ``t_max``, ``prior_var`` and the
-    model's, process's and ``cond``'s array/float leaves are traced.
+    :func:`logp_to_bits_per_dim`). Jitted; the tolerances, ``eps``, ``t_max``, ``prior_var``
+    and the model's, process's and ``cond``'s array/float leaves are traced.
 
     Args:
       model: ``model(x, t, cond) -> prediction`` with ``t`` of shape ``(B,)``; must treat
@@ -404,19 +404,26 @@ def log_likelihood(
     return out
 
 
-def bits_per_dim(logp: Array, num_dims: int, data_offset: float) -> Array:
-    """Bits per dimension ``-logp / (num_dims ln 2) + data_offset``.
+def logp_to_bits_per_dim(logp: Array, num_dims: int, data_offset: float) -> Array:
+    """A log-density in nats as bits per dimension: ``-logp / (num_dims ln 2) + data_offset``.
 
-    score_sde ``run_lib.py:evaluate`` (bpd of uniformly dequantised 8-bit data). The offset
-    turns the density of the scaled data into a density over ``[0, 256)^D`` in units of the
-    integer bins: ``OFFSET_CENTERED = 7`` for data in ``[-1, 1]``, ``OFFSET_UNCENTERED = 8``
-    for ``[0, 1]``; ``0`` gives the plain continuous bits/dim. Valid only for 8-bit data
-    (score_sde_pytorch issue #51).
+    A unit conversion only; to evaluate a model on a data set use
+    :func:`diffjax.evaluation.evaluate_bits_per_dim`. As in score_sde ``run_lib.py:evaluate``
+    (bpd of uniformly dequantised 8-bit data), the offset turns the density of the scaled data
+    into a density over ``[0, 256)^D`` in units of the integer bins: ``OFFSET_CENTERED = 7``
+    for data in ``[-1, 1]``, ``OFFSET_UNCENTERED = 8`` for ``[0, 1]``. These offsets hold only
+    for 8-bit data (score_sde_pytorch issue #51); ``0`` gives the plain continuous bits/dim.
 
     Args:
       logp: log-density in nats (any shape), e.g. :attr:`LikelihoodResult.logp`.
       num_dims: number of dimensions ``D`` of one datapoint (``H * W * C`` for images).
       data_offset: the offset in bits (see above).
+
+    Returns:
+      Bits per dimension, the shape of ``logp``.
+
+    Raises:
+      ValueError: ``num_dims`` is not a positive integer.
     """
     if not isinstance(num_dims, (int, np.integer)) or num_dims < 1:
         raise ValueError(f"num_dims must be a positive integer; got {num_dims!r}")
@@ -431,7 +438,8 @@ def uniform_dequantize(key: Array, x: Array, *, centered: bool | None = None) ->
     data: ``k / 255`` in ``[0, 1]`` (``centered=False``) or ``2 k / 255 - 1`` in ``[-1, 1]``
     (``centered=True``); ``k`` is recovered by rounding. The output lies in ``[0, 1)``, or in
     ``[-1, 1)`` when ``centered``, ready for :func:`log_likelihood` and then
-    :func:`bits_per_dim` with offset 8 or 7. Noise is drawn for the whole array from ``key``.
+    :func:`logp_to_bits_per_dim` with offset 8 or 7. Noise is drawn for the whole array from
+    ``key``.
 
     Args:
       key: PRNG key.

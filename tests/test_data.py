@@ -6,9 +6,6 @@ Everything runs offline: generated arrays and PNGs, scikit-learn's bundled digit
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import jax
 import numpy as np
 import pytest
@@ -145,33 +142,6 @@ def test_tfds_unprepared_and_unknown_raise_clearly(tfds, tmp_path):
 # --------------------------------------------------------------------------- image folders
 
 
-def _png_with_filter(path, img, ftype):
-    """Writes an 8-bit RGB PNG whose rows all use filter ``ftype`` (3 Average, 4 Paeth)."""
-    h, w, c = img.shape
-    rows = []
-    prev = np.zeros(w * c, np.int64)
-    for y in range(h):
-        cur = img[y].reshape(-1).astype(np.int64)
-        a = np.concatenate([np.zeros(c, np.int64), cur[:-c]])
-        cc = np.concatenate([np.zeros(c, np.int64), prev[:-c]])
-        if ftype == 3:
-            pred = (a + prev) // 2
-        else:
-            p = a + prev - cc
-            pa, pb, pc = abs(p - a), abs(p - prev), abs(p - cc)
-            pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, prev, cc))
-        rows.append(bytes([ftype]) + ((cur - pred) % 256).astype(np.uint8).tobytes())
-        prev = cur
-
-    def chunk(tag, body):
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(
-            ">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2,
-                                                                        0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
-
-
 @pytest.fixture()
 def image_folder(tmp_path):
     rng = np.random.default_rng(0)
@@ -181,20 +151,15 @@ def image_folder(tmp_path):
         for i in range(3):
             img = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
             path = root / cls / f"{i}.png"
-            if i == 2:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _png_with_filter(path, img, 3 if cls == "cats" else 4)
-            else:
-                save_png(path, img)
+            save_png(path, img)
             pixels[str(path)] = img
     (root / ".hidden").mkdir()
     return root, pixels
 
 
-@pytest.mark.parametrize("backend", ["auto", "png"])
-def test_image_folder_roundtrip(image_folder, backend):
+def test_image_folder_roundtrip(image_folder):
     root, pixels = image_folder
-    src = data.get_source(str(root), backend=backend)
+    src = data.get_source(str(root))
     assert isinstance(src, data.ImageFolderSource)
     assert src.class_names == ["cats", "dogs"] and len(src) == 6
     for i in range(len(src)):
@@ -210,36 +175,94 @@ def test_image_folder_roundtrip(image_folder, backend):
         next(loader)
 
 
-def test_image_reader_pil_filters_and_grey(tmp_path):
+def test_read_image_modes_are_converted_explicitly(tmp_path):
+    """Each Pillow mode against an independent expectation: alpha is dropped (not composited),
+    palettes are looked up, 16-bit grey keeps the high byte, grey <-> RGB as documented."""
     import PIL.Image as pil
+
     yy, xx = np.mgrid[0:12, 0:10]
-    rgb = np.stack([yy * 20, xx * 25, (yy * xx) % 256], -1).astype(np.uint8)  # PIL: filters 1,2,4
-    pil.fromarray(rgb).save(tmp_path / "rgb.png")
-    np.testing.assert_array_equal(sources.read_png(tmp_path / "rgb.png"), rgb)
+    rgb = np.stack([yy * 20, xx * 25, (yy * xx) % 256], -1).astype(np.uint8)
     grey = (yy * 21).astype(np.uint8)
+    read = lambda name, ch=3: sources.read_image(tmp_path / name, channels=ch)
+
+    pil.fromarray(rgb).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read("rgb.png"), rgb)
+    np.testing.assert_array_equal(read("rgb.png", None), rgb)
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(read("rgb.png", 1)[..., 0] - luma).max() <= 1.0  # ITU-R 601-2, integer math
     pil.fromarray(grey).save(tmp_path / "g.png")
-    for backend in ("pil", "png"):
-        g = sources.read_image(tmp_path / "g.png", channels=1, backend=backend)
-        np.testing.assert_array_equal(g, grey[..., None])
-        g3 = sources.read_image(tmp_path / "g.png", channels=3, backend=backend)
-        np.testing.assert_array_equal(g3, np.repeat(grey[..., None], 3, -1))
-    rng = np.random.default_rng(0)
-    variants = {
-        "pal4.png": pil.fromarray(rgb).quantize(16),  # 4-bit palette
-        "bits1.png": pil.fromarray(rng.integers(0, 2, (5, 11)).astype(bool)),  # 1-bit grey
-        "g16.png": pil.fromarray(rng.integers(0, 65536, (5, 6)).astype(np.uint16)),
-        "rgba.png": pil.fromarray(rng.integers(0, 256, (4, 5, 4), dtype=np.uint8)),
-    }
-    for fname, im in variants.items():
-        im.save(tmp_path / fname)
-        for ch in (1, 3):
-            np.testing.assert_array_equal(
-                sources.read_image(tmp_path / fname, channels=ch, backend="png"),
-                sources.read_image(tmp_path / fname, channels=ch, backend="pil"), err_msg=fname)
-    pil.fromarray(rgb).save(tmp_path / "x.jpg")
-    with pytest.raises(ImportError, match="Pillow"):
-        sources.read_image(tmp_path / "x.jpg", backend="png")
-    assert sources.read_image(tmp_path / "x.jpg").shape == (12, 10, 3)
+    np.testing.assert_array_equal(read("g.png", None), grey[..., None])
+    np.testing.assert_array_equal(read("g.png", 1), grey[..., None])
+    np.testing.assert_array_equal(read("g.png"), np.repeat(grey[..., None], 3, -1))
+    # alpha, half of it fully transparent: dropped, the stored colour is kept
+    alpha = np.where(xx < 5, 0, 255).astype(np.uint8)
+    pil.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(read("rgba.png"), rgb)
+    np.testing.assert_array_equal(read("rgba.png", None), rgb)
+    pil.fromarray(np.dstack([grey, alpha]), "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read("la.png", None), grey[..., None])
+    # palettes (4-bit, and one with a transparent entry): the palette's colours
+    pal = pil.fromarray(rgb).quantize(16)
+    colours = np.asarray(pal.getpalette(), np.uint8).reshape(-1, 3)[np.asarray(pal)]
+    pal.save(tmp_path / "pal.png")
+    np.testing.assert_array_equal(read("pal.png"), colours)
+    np.testing.assert_array_equal(read("pal.png", None), colours)
+    pal.save(tmp_path / "pal_t.png", transparency=0)
+    assert pil.open(tmp_path / "pal_t.png").info.get("transparency") is not None
+    np.testing.assert_array_equal(read("pal_t.png"), colours)
+    # 16-bit grey: the high byte; bilevel: 0 / 255
+    g16 = np.random.default_rng(0).integers(0, 65536, (5, 6)).astype(np.uint16)
+    pil.fromarray(g16).save(tmp_path / "g16.png")
+    np.testing.assert_array_equal(read("g16.png", None), (g16 >> 8).astype(np.uint8)[..., None])
+    bits = np.random.default_rng(1).integers(0, 2, (5, 11)).astype(bool)
+    pil.fromarray(bits).save(tmp_path / "bits.png")
+    np.testing.assert_array_equal(read("bits.png", None), 255 * bits[..., None].astype(np.uint8))
+    # JPEG (lossy; a smooth image comes back close), CMYK JPEG -> RGB
+    pil.fromarray(rgb).save(tmp_path / "x.jpg", quality=95)
+    x = read("x.jpg")
+    assert x.shape == (12, 10, 3) and np.abs(x.astype(int) - rgb).mean() < 8
+    pil.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    assert read("cmyk.jpg", None).shape == (12, 10, 3)
+    with pytest.raises(ValueError, match="channels must be 1, 3 or None"):
+        read("rgb.png", 4)
+
+
+def test_undecodable_files_are_named(tmp_path, image_folder):
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"text\.png.*expected a PNG or JPEG"):
+        sources.read_image(tmp_path / "text.png")
+    good = save_png(tmp_path / "good.png", np.zeros((40, 40, 3), np.uint8) + 7)
+    blob = good.read_bytes()
+    (tmp_path / "cut.png").write_bytes(blob[:len(blob) // 2])  # truncated inside the data
+    with pytest.raises(ValueError, match=r"cut\.png"):
+        sources.read_image(tmp_path / "cut.png")
+    with pytest.raises(FileNotFoundError):
+        sources.read_image(tmp_path / "missing.png")
+    # the folder source names the file and the record; the other records still read
+    root, _ = image_folder
+    (root / "cats" / "9_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    src = data.ImageFolderSource(root)
+    bad = src.paths.index(str(root / "cats" / "9_broken.png"))
+    with pytest.raises(ValueError, match=rf"record {bad}: .*9_broken\.png.*PNG or JPEG"):
+        src[bad]
+    assert src[(bad + 1) % len(src)]["image"].shape == (6, 5, 3)
+
+
+def test_save_png_round_trip(tmp_path):
+    import PIL.Image as pil
+
+    rng = np.random.default_rng(2)
+    f = rng.uniform(-0.1, 1.1, (7, 9))  # floats in [0, 1], clipped outside
+    p = save_png(tmp_path / "sub" / "f.png", f)  # creates the folder
+    with pil.open(p) as im:
+        assert im.format == "PNG" and im.mode == "L"
+        np.testing.assert_array_equal(np.asarray(im), np.clip(np.round(f * 255), 0, 255))
+    u = rng.integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(sources.read_image(save_png(tmp_path / "u.png", u)), u)
+    np.testing.assert_array_equal(
+        sources.read_image(save_png(tmp_path / "g.png", u[..., :1]), channels=None), u[..., :1])
+    with pytest.raises(ValueError, match="got shape"):
+        save_png(tmp_path / "bad.png", np.zeros((4, 4, 4), np.uint8))
 
 
 def test_missing_paths_and_unknown_names_raise_clearly(tmp_path):

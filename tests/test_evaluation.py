@@ -11,9 +11,9 @@ import pytest
 from conftest import make_gmm
 
 import diffjax as dj
-from diffjax.run import cli
 from diffjax import evaluation as EV
 from diffjax import samplers as S
+from diffjax.run import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,6 +230,10 @@ def test_load_samples_round_trip_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .png"):
         EV.load_samples(tmp_path / "empty")
+    (folder / "big.png").unlink()
+    (folder / "zz_broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"zz_broken\.png.*expected a PNG or JPEG"):
+        EV.load_samples(folder)
 
 
 def test_point_metrics_and_report(tmp_path):
@@ -246,6 +250,40 @@ def test_point_metrics_and_report(tmp_path):
     text = md.read_text()
     assert f"| sliced Wasserstein-1 | {far['sw1']:.4f} |" in text
     assert "| held-out denoising loss | 0.2500 |" in text and "NOT comparable" in text
+
+
+def test_bits_per_dim_pf_ode_closed_form_and_vlb_keys():
+    """PF-ODE: isotropic Gaussian points under their exact denoiser have bits/dim
+    -E log N(x; 0, s^2 I) / (D ln 2) (Rademacher probes are exact for an isotropic Jacobian).
+    VLB: datapoint i is calc_bpd_loop with key fold_in(key, i), whatever the batch size."""
+    from diffjax.losses.vlb import calc_bpd_loop
+
+    s2, d = 0.3, 2
+    x = np.sqrt(s2) * np.random.default_rng(0).standard_normal((12, d)).astype(np.float32)
+    model = dj.analytic.Gaussian.create(np.zeros(d), s2 * np.eye(d), dj.VP())
+    res = EV.evaluate_bits_per_dim(model, x, process=dj.VP(), prediction="x0", batch_size=5,
+                                   image_data=False, key=jax.random.key(1))
+    nll = 0.5 * np.sum(x.astype(np.float64) ** 2, 1) / s2 + 0.5 * d * np.log(2 * np.pi * s2)
+    assert res["bpd_method"] == "pf_ode" and res["bpd_num"] == 12
+    assert res["bpd"] == pytest.approx(nll.mean() / (d * np.log(2)), abs=5e-3)
+    assert res["bpd_sem"] == pytest.approx(nll.std(ddof=1) / np.sqrt(12) / (d * np.log(2)),
+                                           rel=0.05)
+
+    proc = dj.DiscreteVP.linear(20)
+    img = np.random.default_rng(1).integers(0, 256, (5, 2, 2, 1)).astype(np.float32)
+    img = img / 127.5 - 1.0
+    oracle = dj.analytic.Gaussian.create(np.zeros(4), 0.4 * np.eye(4), proc)
+    key = jax.random.key(2)
+    kw = dict(process=proc, prediction="x0", key=key)
+    a = EV.evaluate_bits_per_dim(oracle, img, batch_size=2, **kw)
+    b = EV.evaluate_bits_per_dim(oracle, img, batch_size=5, **kw)
+    assert a["bpd_method"] == "vlb" and a["bpd"] == pytest.approx(b["bpd"], rel=1e-6)
+    direct = [float(calc_bpd_loop(oracle, jax.random.fold_in(key, i), img[i:i + 1],
+                                  process=proc, prediction="x0")[0][0]) for i in range(5)]
+    assert a["bpd"] == pytest.approx(np.mean(direct), rel=1e-5)
+    assert np.std(direct) > 0.01  # the check would be empty if every datapoint scored alike
+    with pytest.raises(ValueError, match="non-empty batch"):
+        EV.evaluate_bits_per_dim(oracle, img[:0], process=proc)
 
 
 TOY_CONFIG = '''"""Test config: a tiny MLP on the 2-D Gaussian mixture.

@@ -1,8 +1,10 @@
 """dopri5 and the probability-flow ODE: likelihood, Hutchinson, encoding, adaptive sampling.
 
-spec_classic.md section 7(c) checks 2, 3, 6 and section 14 T17/T18/T19; spec_modern.md 6c.4.
-Exact references are closed forms: Gaussian data under any process has a linear PF-ODE flow
-map, so the model's log-density and latent are known exactly for every process.
+Checks: the exact likelihood of a rotated Gaussian under several processes, the unbiasedness
+of the Hutchinson estimator, the encode/decode round trip and adaptive sampling on a Gaussian
+mixture, SiT's linear-interpolant likelihood, bits/dim and dequantisation. Exact references
+are closed forms: Gaussian data under any process has a linear PF-ODE flow map, so the model's
+log-density and latent are known exactly for every process.
 """
 
 import jax
@@ -15,21 +17,21 @@ from diffjax.adapters import with_time_input
 from diffjax.integrate import DOPRI5_TABLEAU, dopri5
 from diffjax.likelihood import (
     OFFSET_CENTERED,
-    bits_per_dim,
     encode_ode,
     log_likelihood,
+    logp_to_bits_per_dim,
     sample_ode_adaptive,
     uniform_dequantize,
 )
 
-# Rotated anisotropic Gaussian (spec_classic.md 7(c).2): eigenvalues 0.05 and 0.6, rotated by
+# Rotated anisotropic Gaussian: eigenvalues 0.05 and 0.6, rotated by
 # 0.6 rad so neither the covariance nor the flow's Jacobian is diagonal in the data axes.
 _TH = 0.6
 _ROT = np.array([[np.cos(_TH), -np.sin(_TH)], [np.sin(_TH), np.cos(_TH)]])
 _LAM = np.array([0.05, 0.6])
 COV = _ROT @ np.diag(_LAM) @ _ROT.T
 MEAN = np.array([0.3, -0.2])
-N_POINTS = 200  # one batch shape for T17 and T18 so their exact-trace solves share a compile
+N_POINTS = 200  # one batch shape for tests 2 and 3 so their exact-trace solves share a compile
 EPS = 1e-5
 
 
@@ -147,7 +149,7 @@ def test_dopri5_accuracy_order_and_direction():
 
 
 # ------------------------------------------------------------------------------------------
-# 2. T17: exact likelihood of a rotated Gaussian, several processes
+# 2. Exact likelihood of a rotated Gaussian, several processes
 # ------------------------------------------------------------------------------------------
 
 
@@ -171,7 +173,7 @@ def test_exact_likelihood_rotated_gaussian(process):
                                rtol=1e-6, atol=1e-5)
 
     # (b) Against the closed-form density of the data itself, 5e-3 nats per dimension (the
-    # issue's requirement; spec T17 allows 1e-2 per 2-D point). For VP this also carries the
+    # required accuracy: 1e-2 nats per 2-D point). For VP this also carries the
     # prior's approximation p_1 ~ N(0, I) instead of N(alpha(1) MEAN, ...): up to 6.5e-3 per
     # point observed. For Linear the prior is exact (alpha(1) = 0). VE's sigma(0) = 0.01 and
     # alpha(1) = 1 make p_eps and p_1 differ from the data density and the prior by O(1e-2):
@@ -182,7 +184,7 @@ def test_exact_likelihood_rotated_gaussian(process):
 
 
 # ------------------------------------------------------------------------------------------
-# 3. T18: the Hutchinson estimator is unbiased
+# 3. The Hutchinson estimator is unbiased
 # ------------------------------------------------------------------------------------------
 
 
@@ -201,20 +203,20 @@ def test_hutchinson_unbiased():
                              divergence="hutchinson", probe=probe)
         err = np.asarray(res.logp, np.float64) - exact
         se = err.std(ddof=1) / np.sqrt(len(err))
-        # unbiased: |mean error| <= 3 standard errors (spec T18; fails 0.3% of seeds if correct,
+        # unbiased: |mean error| <= 3 standard errors (fails 0.3% of seeds if correct,
         # the seed is fixed). Observed: Rademacher +0.035 +- 0.082, Gaussian -0.007 +- 0.136.
         assert abs(err.mean()) <= 3 * se, (probe, err.mean(), se)
         stds[probe] = err.std(ddof=1)
     # The per-probe spread is real (the rotated covariance makes M = int J dt non-diagonal, so
     # Rademacher is not exact), and for a symmetric M the Gaussian probe's variance
-    # 2 ||M||_F^2 exceeds Rademacher's 2 sum_{i != j} M_ij^2 (observed std 1.16 vs 1.93 nats;
-    # spec: 1.2 vs 2.6).
+    # 2 ||M||_F^2 exceeds Rademacher's 2 sum_{i != j} M_ij^2 (observed std 1.16 vs 1.93
+    # nats).
     assert stds["rademacher"] > 0.3, stds
     assert stds["gaussian"] > 1.3 * stds["rademacher"], stds
 
 
 # ------------------------------------------------------------------------------------------
-# 4 and 5. Encoding round trip and adaptive sampling on the GMM (T19)
+# 4 and 5. Encoding round trip and adaptive sampling on the GMM
 # ------------------------------------------------------------------------------------------
 
 
@@ -235,7 +237,7 @@ def test_encode_decode_round_trip(gmm_reference):
     # The latents are the prior: x_1 ~ N(alpha(1) E[x0], ~I) (SE of the mean and std 0.011).
     z = np.asarray(z)
     assert np.all(np.abs(z.std(axis=0) - 1) < 0.03) and np.all(np.abs(z.mean(axis=0)) < 0.05)
-    # Reconstruction (spec 7(c).6: <= 1e-3). Decoding expands errors for the few points in
+    # Reconstruction (required: <= 1e-3). Decoding expands errors for the few points in
     # the tails of the sharp components: at the default 1e-5 the RMS error is 7e-6 and the max
     # over 20k points 8e-4, at 1e-6 the max is 1.3e-4 (20k points). So: RMS <= 1e-4 at the
     # default and max <= 1e-3 at 1e-6 (margins >= 8x), and tightening must help.
@@ -268,7 +270,7 @@ def test_sample_ode_adaptive_gmm(gmm_reference):
 
     frac, std = assign(x)
     frac_ref, std_ref = assign(ref)
-    # weights: spec T19 +-0.015 (SE at 20k ~0.0035)
+    # weights within +-0.015 (SE at 20k ~0.0035)
     np.testing.assert_allclose(frac, frac_ref, atol=0.015)
     # stds within 4%: the relative SE of a std from n points is 1/sqrt(2n), 1.1% for the
     # smallest component (n ~ 4000); observed max 1.6%. t_min = 0.003 gives +6% on the sharp
@@ -277,7 +279,7 @@ def test_sample_ode_adaptive_gmm(gmm_reference):
 
 
 # ------------------------------------------------------------------------------------------
-# 6. SiT check 6c.4: Linear interpolant, velocity model in SiT's time, Hutchinson
+# 6. SiT: Linear interpolant, velocity model in SiT's time, Hutchinson
 # ------------------------------------------------------------------------------------------
 
 
@@ -285,7 +287,7 @@ def test_sit_linear_gaussian_nll():
     s, d = 0.5, 4
 
     def sit_velocity(x, tau, cond=None):
-        # SiT time tau (data x1 ~ N(0, s^2) at tau = 1): E[x1 - x0 | x_tau] (spec_modern 6c)
+        # SiT time tau (data x1 ~ N(0, s^2) at tau = 1): E[x1 - x0 | x_tau]
         tau = tau.reshape((-1,) + (1,) * (x.ndim - 1))
         var = tau**2 * s**2 + (1 - tau) ** 2
         return x * (tau * s**2 - (1 - tau)) / var
@@ -298,7 +300,7 @@ def test_sit_linear_gaussian_nll():
                          prediction="velocity", divergence="hutchinson")
     analytic = -0.5 * np.sum(x.astype(np.float64) ** 2, axis=(1, 2)) / s**2 \
         - 0.5 * d * np.log(2 * np.pi * s**2)
-    # spec_modern 6c.4: within 0.02 nats/dim. Rademacher is exact for this isotropic
+    # Required: within 0.02 nats/dim. Rademacher is exact for this isotropic
     # Jacobian, so what remains is solver error (observed max 4e-5 nats/dim).
     err_per_dim = np.abs(np.asarray(res.logp) - analytic) / d
     assert err_per_dim.max() < 0.02, err_per_dim.max()
@@ -311,10 +313,10 @@ def test_sit_linear_gaussian_nll():
 # ------------------------------------------------------------------------------------------
 
 
-def test_bits_per_dim_and_dequantize():
+def test_logp_to_bits_per_dim_and_dequantize():
     # Uniform density on [-1, 1]^D is 2^-D: 8-bit data under it costs exactly 8 bits/dim.
     d = 3 * 8 * 8
-    bpd = bits_per_dim(jnp.asarray([-d * np.log(2.0)]), d, OFFSET_CENTERED)
+    bpd = logp_to_bits_per_dim(jnp.asarray([-d * np.log(2.0)]), d, OFFSET_CENTERED)
     np.testing.assert_allclose(np.asarray(bpd), [8.0], rtol=1e-6)
 
     k = np.arange(256, dtype=np.uint8).reshape(16, 16)
@@ -374,6 +376,6 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="floating"):
         dopri5(_decay, np.ones(2, np.int32), 0.0, 1.0)
     with pytest.raises(ValueError, match="num_dims"):
-        bits_per_dim(jnp.zeros(2), 0, OFFSET_CENTERED)
+        logp_to_bits_per_dim(jnp.zeros(2), 0, OFFSET_CENTERED)
     with pytest.raises(ValueError, match="centered"):
         uniform_dequantize(key, np.zeros((2, 2), np.float32))

@@ -26,8 +26,6 @@ a ``.npz`` / ``.npy`` file            :class:`LatentsSource`
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -42,7 +40,6 @@ __all__ = [
     "LatentsSource",
     "get_source",
     "read_image",
-    "read_png",
     "TFDS_NAMES",
     "IMAGE_EXTENSIONS",
 ]
@@ -265,183 +262,78 @@ class TFDSSource:
 
 # --------------------------------------------------------------------------- image files
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Pillow modes of wide integer grey images (16-bit grey PNGs open as one of these)
+_WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+#: Pillow modes read as grey / as colour (alpha, if any, is dropped)
+_GREY_MODES = ("1", "L", "LA", "La")
+_COLOUR_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
+def _to_array(im, channels: int | None) -> np.ndarray:
+    """A decoded Pillow image as ``uint8`` ``(H, W, C)`` (the rules of :func:`read_image`)."""
+    from PIL import Image
 
-
-def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> np.ndarray:
-    """Undoes PNG's per-scanline filters (types 0-4). Returns ``(height, stride)`` uint8."""
-    data = np.frombuffer(raw, np.uint8)
-    if data.size != height * (stride + 1):
-        raise ValueError("PNG: image data has the wrong size")
-    rows = data.reshape(height, stride + 1)
-    out = np.zeros((height, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for y in range(height):
-        ftype, line = rows[y, 0], rows[y, 1:]
-        if ftype == 0:
-            cur = line.copy()
-        elif ftype == 1:  # Sub: running sum along each byte lane, modulo 256
-            cur = np.cumsum(line.reshape(-1, bpp).astype(np.int64), axis=0).astype(np.uint8)
-            cur = cur.reshape(-1)
-        elif ftype == 2:  # Up
-            cur = line + prev
-        elif ftype in (3, 4):  # Average / Paeth: sequential, byte by byte
-            c = bytearray(line.tobytes())
-            p = prev.tobytes()
-            for i in range(stride):
-                a = c[i - bpp] if i >= bpp else 0
-                b = p[i]
-                if ftype == 3:
-                    c[i] = (c[i] + ((a + b) >> 1)) & 0xFF
-                else:
-                    cc = p[i - bpp] if i >= bpp else 0
-                    c[i] = (c[i] + _paeth(a, b, cc)) & 0xFF
-            cur = np.frombuffer(bytes(c), np.uint8)
-        else:
-            raise ValueError(f"PNG: unknown filter type {ftype}")
-        out[y] = cur
-        prev = out[y]
-    return out
-
-
-def read_png(path: str | os.PathLike) -> np.ndarray:
-    """Reads a PNG with ``zlib`` only (the fallback when Pillow is missing).
-
-    Supports non-interlaced grey (1, 2, 4, 8, 16 bits), grey+alpha, RGB, RGBA (8, 16 bits)
-    and palette (1, 2, 4, 8 bits) images; 16-bit samples keep their high byte, palette
-    transparency is ignored. Alpha is returned as a channel.
-
-    Args:
-        path: File path.
-
-    Returns:
-        ``uint8`` array ``(H, W, C)``, ``C`` in {1, 2, 3, 4} (palette images give 3).
-
-    Raises:
-        ValueError: Not a PNG, or a variant this reader does not handle (install Pillow).
-    """
-    buf = Path(path).read_bytes()
-    if not buf.startswith(_PNG_SIGNATURE):
-        raise ValueError(f"{os.fspath(path)!r} is not a PNG file")
-    pos, idat, palette, header = 8, [], None, None
-    while pos < len(buf):
-        (length,) = struct.unpack(">I", buf[pos : pos + 4])
-        tag, body = buf[pos + 4 : pos + 8], buf[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif tag == b"PLTE":
-            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-    if header is None:
-        raise ValueError(f"{os.fspath(path)!r}: PNG without IHDR")
-    width, height, depth, ctype, _, _, interlace = header
-    low = depth in (1, 2, 4) and ctype in (0, 3)  # sub-byte grey or palette indices
-    supported = (depth in (8, 16) and ctype in _PNG_CHANNELS and ctype != 3) or low or (
-        depth == 8 and ctype == 3)
-    if interlace or not supported:
-        raise ValueError(
-            f"{os.fspath(path)!r}: PNG variant (bit depth {depth}, colour type {ctype}, interlace "
-            f"{interlace}) is not supported by the built-in reader; `pip install Pillow`."
-        )
-    ch = _PNG_CHANNELS[ctype]
-    bpp = max(1, ch * depth // 8)  # filter unit: bytes per complete pixel, at least 1
-    stride = (width * ch * depth + 7) // 8
-    rows = _unfilter(zlib.decompress(b"".join(idat)), height, stride, bpp)
-    if low:
-        shifts = np.arange(8 // depth)[::-1] * depth
-        vals = (rows[..., None] >> shifts.astype(np.uint8)) & ((1 << depth) - 1)
-        img = vals.reshape(height, -1)[:, :width, None].astype(np.uint8)
-        if ctype == 0:
-            img = img * np.uint8(255 // ((1 << depth) - 1))
+    if im.mode in _WIDE_GREY_MODES:  # keep the high byte of each 16-bit value
+        wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535) >> 8
+        im = Image.fromarray(wide.astype(np.uint8))
+    elif im.mode in ("P", "PA"):  # palette indices -> colours (via RGBA if transparent)
+        transparent = im.mode == "PA" or "transparency" in im.info
+        im = im.convert("RGBA" if transparent else "RGB")
+    if im.mode in _GREY_MODES:
+        stored = "L"
+    elif im.mode in _COLOUR_MODES:
+        stored = "RGB"
     else:
-        img = rows.reshape(height, width, ch * depth // 8)
-        if depth == 16:
-            img = img[..., 0::2]  # big-endian: keep the high byte
-    if ctype == 3:
-        if palette is None:
-            raise ValueError(f"{os.fspath(path)!r}: palette PNG without PLTE")
-        img = palette[img[..., 0]]
-    return np.ascontiguousarray(img)
+        raise ValueError(f"image mode {im.mode!r} is not supported (expected 8-bit grey, "
+                         "palette or colour, or 16-bit grey)")
+    target = {None: stored, 1: "L", 3: "RGB"}[channels]
+    if im.mode != target:  # drops alpha; RGB -> L is ITU-R 601-2 luma; L -> RGB repeats grey
+        im = im.convert(target)
+    arr = np.asarray(im, dtype=np.uint8)
+    return np.ascontiguousarray(arr[..., None] if arr.ndim == 2 else arr)
 
 
-def _pil_available() -> bool:
-    try:
-        import PIL.Image  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def read_image(path: str | os.PathLike, *, channels: int | None = 3) -> np.ndarray:
+    """Reads a PNG or JPEG file (or any 8-bit image Pillow decodes) as ``uint8`` ``(H, W, C)``.
 
+    Decoding is Pillow's (``PIL.Image.open``); the conversion is explicit:
 
-def _convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
-    """Drops alpha, then converts grey <-> RGB (ITU-R 601-2 luma, as PIL's ``'L'``)."""
-    if img.shape[-1] in (2, 4):
-        img = img[..., :-1]
-    if channels is None or img.shape[-1] == channels:
-        return img
-    if channels == 3:
-        return np.repeat(img, 3, axis=-1)
-    if channels == 1:
-        luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
-    raise ValueError(f"channels must be 1, 3 or None; got {channels}")
-
-
-def read_image(
-    path: str | os.PathLike, *, channels: int | None = 3, backend: str = "auto"
-) -> np.ndarray:
-    """Reads a PNG or JPEG file as ``uint8`` ``(H, W, C)``.
+    * alpha (``RGBA``, grey+alpha ``LA``, transparent palettes) is **dropped**, not
+      composited: transparent pixels keep the colour stored under them, as torchvision's
+      ``ImageFolder`` loader (``img.convert('RGB')``) does;
+    * palette images (``P``) are expanded to their RGB colours;
+    * 16-bit grey keeps the high byte of each value (``v >> 8``); bilevel (``1``) images
+      become 0 / 255; CMYK and YCbCr JPEGs are converted to RGB;
+    * ``channels=3`` repeats grey into RGB; ``channels=1`` turns colour into grey with the
+      ITU-R 601-2 luma ``L = 0.299 R + 0.587 G + 0.114 B`` (Pillow's ``'L'``); ``None`` keeps
+      grey (1 channel) or colour (3 channels) as stored.
 
     Args:
         path: File path.
         channels: 3 (RGB), 1 (grey) or ``None`` (as stored, without alpha).
-        backend: ``'pil'``, ``'png'`` (the built-in zlib reader, PNG only) or ``'auto'``
-            (Pillow when installed).
 
     Returns:
-        ``uint8`` array ``(H, W, channels)``.
+        ``uint8`` array ``(H, W, channels)`` (``channels`` 1 or 3 when ``None``).
 
     Raises:
-        ImportError: A JPEG without Pillow installed.
+        FileNotFoundError: No such file.
+        ValueError: ``channels`` not 1, 3 or ``None``; or the file cannot be decoded as an
+            image (not an image, truncated, an unsupported mode): the message names the path.
     """
-    path = os.fspath(path)
-    if backend == "auto":
-        backend = "pil" if _pil_available() else "png"
-    if backend == "pil":
-        from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None; got {channels!r}")
+    path = os.fspath(path)
+    try:
         with Image.open(path) as im:
-            if im.mode.startswith("I"):  # 16/32-bit grey: keep the high byte, as read_png
-                arr = np.asarray(im).astype(np.int64) >> (8 if im.mode.startswith("I;16")
-                                                          or np.asarray(im).max() < 65536 else 24)
-                return _convert_channels(np.clip(arr, 0, 255).astype(np.uint8)[..., None],
-                                         channels)
-            if channels == 3:
-                im = im.convert("RGB")
-            elif channels == 1:
-                im = im.convert("L")
-            elif im.mode not in ("L", "RGB"):
-                im = im.convert("RGB" if im.mode in ("P", "RGBA", "CMYK", "YCbCr") else "L")
-            arr = np.asarray(im)
-        return arr[..., None] if arr.ndim == 2 else arr
-    if backend != "png":
-        raise ValueError(f"unknown backend={backend!r}; valid: 'auto', 'pil', 'png'")
-    if not path.lower().endswith(".png"):
-        raise ImportError(f"reading {path!r} needs Pillow (the built-in reader is PNG-only): "
-                          "`pip install Pillow`.")
-    return _convert_channels(read_png(path), channels)
+            im.load()  # decode now, so that a truncated file fails here
+            return _to_array(im, channels)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode the image file {path!r}: expected a PNG or JPEG image "
+                         f"({type(e).__name__}: {e})") from e
 
 
 def _images_under(folder: Path, extensions: Sequence[str]) -> list[Path]:
@@ -460,14 +352,14 @@ class ImageFolderSource:
       sorted by name, labelled 0, 1, ... in that order (as torchvision's ``ImageFolder``);
     * ``root/*.png`` with no image sub-folders: unlabelled.
 
-    Files and folders whose name starts with ``.`` are skipped. Images are read on access
-    (Pillow when installed, else the built-in PNG reader; JPEG needs Pillow).
+    Files and folders whose name starts with ``.`` are skipped. Images are decoded on access
+    by :func:`read_image` (Pillow; alpha dropped); a file that cannot be decoded raises a
+    ``ValueError`` naming it when its record is read.
 
     Args:
         root: The folder.
         channels: 3 (RGB, default), 1 (grey) or ``None`` (as stored, without alpha).
         extensions: File suffixes to read (case-insensitive).
-        backend: Reader backend, see :func:`read_image`.
 
     Attributes:
         paths: The image files, in index order.
@@ -486,7 +378,6 @@ class ImageFolderSource:
         *,
         channels: int | None = 3,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
-        backend: str = "auto",
     ):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -518,14 +409,18 @@ class ImageFolderSource:
         if not self.paths:
             raise FileNotFoundError(f"ImageFolderSource: no image files {list(ext)} under "
                                     f"root={os.fspath(root)!r}")
-        self.channels, self.backend = channels, backend
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index) -> dict[str, Any]:
         i = _as_index(index, len(self))
-        rec = {"image": read_image(self.paths[i], channels=self.channels, backend=self.backend)}
+        try:
+            rec = {"image": read_image(self.paths[i], channels=self.channels)}
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"ImageFolderSource(root={os.fspath(self.root)!r}), record {i}: "
+                          f"{e}") from e
         if self.labels is not None:
             rec["label"] = self.labels[i]
         return rec
@@ -672,7 +567,7 @@ def get_source(name_or_path: str | os.PathLike, split: str = "train", **kwargs) 
             Toy sets: ``'train'`` draws with ``seed``, any other split with ``seed + 1``.
             Names are matched before paths: write ``'./mnist'`` for a folder called ``mnist``.
         **kwargs: Passed on: ``TFDSSource`` (``data_dir``, ``image_key``, ``label_key``),
-            ``ImageFolderSource`` (``channels``, ``extensions``, ``backend``),
+            ``ImageFolderSource`` (``channels``, ``extensions``),
             ``LatentsSource`` (``latents_key``, ``labels_key``, ``labels``,
             ``channels_first``), toy sets (``num_samples`` default 100,000, ``seed`` default 0,
             and the set's own keywords).

@@ -9,7 +9,8 @@ the guided-diffusion evaluator ``FIDStatistics.frechet_distance``):
 * a complex result is accepted only when the imaginary part of its diagonal is within
   ``1e-3`` of zero (then the real part is used), otherwise ``ValueError``.
 
-FID-50k protocol (the number papers report; spec_classic.md section 13.2, spec_modern.md 1.4):
+FID (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
+Equilibrium") as papers report it, the FID-50k protocol:
 50,000 generated samples against the statistics of the reference set (CIFAR-10: the 50k training
 images; ImageNet: the ADM reference batch), pool3 features of the FID Inception
 (:mod:`diffjax.metrics.inception`), images uint8-quantised before feature extraction, one fixed

@@ -22,7 +22,7 @@ interpolation matrices, so it is exact and cheap), because pytorch-fid's outputs
 reference and its weights are the ones loaded here. ``resize='tf1'`` instead reproduces the TF1
 ``ResizeBilinear`` (``align_corners=False``, ``half_pixel_centers=False``) that sits inside the
 original TF graph (ADM evaluator, TTUR); FID values from the two paths differ slightly, so pin one
-(spec_modern.md 1.4). uint8 inputs are divided by 255 first.
+and report it with the number. uint8 inputs are divided by 255 first.
 
 Weights: ``pt_inception-2015-12-05-6726825d.pth`` from the pytorch-fid release, converted once
 with :func:`convert_pytorch_fid_weights` (needs torch) into an ``.npz`` (torch key names and

@@ -7,7 +7,8 @@
 * :func:`exact_nll` — negative log-likelihood of samples under the *true data density* of an
   :mod:`diffjax.analytic` ``Gaussian`` / ``GaussianMixture`` (its parameters, not a noised
   marginal). For a model's own NLL use :func:`diffjax.likelihood.log_likelihood` and
-  :func:`diffjax.likelihood.bits_per_dim`.
+  :func:`diffjax.likelihood.logp_to_bits_per_dim` (or, on a data set,
+  :func:`diffjax.evaluation.evaluate_bits_per_dim`).
 """
 
 from __future__ import annotations

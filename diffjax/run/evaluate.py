@@ -319,7 +319,7 @@ def _eval_bpd(config, s, state, ecfg, points) -> dict:
         raise ValueError("eval.metrics 'bpd' is not wired for class-conditional models")
     if not points:
         x = EV.quantize(x, ecfg["quantize"]).astype(np.float32) / 127.5 - 1.0
-    res = EV.bits_per_dim(model, x, process=s.setup.process, prediction=sampling.prediction,
+    res = EV.evaluate_bits_per_dim(model, x, process=s.setup.process, prediction=sampling.prediction,
                           key=jax.random.key(int(ecfg["seed"]) + 1),
                           learned_variance=sampling.learned_variance, image_data=not points)
     res["bpd_data"] = f"{desc}, first {len(x)}"

@@ -1,4 +1,5 @@
-"""Small utilities with no heavy dependencies (PNG writing, tables)."""
+"""Small utilities: PNG writing and sample grids (:mod:`.png`), checksummed ``.npz`` files
+(:mod:`.checksum`), TensorBoard logging (:mod:`.tensorboard`)."""
 
 from diffjax.utils.png import density_image, image_grid, save_png
 

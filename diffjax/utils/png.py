@@ -1,9 +1,7 @@
-"""Minimal PNG writer (zlib + struct only), so sample grids need no imaging dependency."""
+"""Image files of samples: PNG writing (through Pillow), density heat maps and sample grids."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +9,32 @@ import numpy as np
 __all__ = ["save_png", "density_image", "image_grid"]
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
 def save_png(path, image) -> Path:
-    """Write ``image`` (``(H, W)`` grey or ``(H, W, 3)`` RGB; uint8, or floats in [0, 1]) as PNG."""
+    """Write ``image`` as an 8-bit PNG (with Pillow), creating the parent folders.
+
+    Args:
+      path: the file to write.
+      image: ``(H, W)`` or ``(H, W, 1)`` grey, or ``(H, W, 3)`` RGB; ``uint8``, or floats in
+        ``[0, 1]`` (scaled by 255, rounded and clipped).
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+      ValueError: another shape.
+    """
+    from PIL import Image
+
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if not (img.ndim == 2 or img.ndim == 3 and img.shape[2] == 3):
+        raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3); got shape {img.shape}")
     if img.dtype != np.uint8:
-        img = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        color = 0
-    elif img.ndim == 3 and img.shape[2] == 3:
-        color = 2
-    else:
-        raise ValueError(f"image must be (H, W) or (H, W, 3); got shape {img.shape}")
-    h, w = img.shape[:2]
-    raw = b"".join(b"\x00" + img[i].tobytes() for i in range(h))
-    png = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
-           + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b""))
+        img = np.clip(np.round(img.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    Image.fromarray(np.ascontiguousarray(img)).save(path, format="PNG")
     return path
 
 
@@ -65,5 +67,6 @@ def image_grid(images, ncols: int | None = None, pad: int = 1, value_range=(-1.0
     out = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
     for i in range(n):
         r, q = divmod(i, ncols)
-        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        out[top:top + h, left:left + w] = x[i]
     return out[..., 0] if c == 1 else out
