@@ -36,9 +36,10 @@ def get_config(arg=None):
     """The recipe; ``arg='smoke'`` gives the seconds-long variant (latents path required)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.process = dict(name="linear")  # unused by the shortcut maths (its own path, spec 3a)
+    c.process = dict(name="linear", sigma_min=1e-5)  # the paper's path: sigma = 1e-5 + (1 - 1e-5) t
     c.model = dict(name="dit", preset="DiT-B/2", num_classes=0, class_dropout_prob=0.0,
-                   learn_sigma=False, second_scalar=True, time_input="sit", dtype="bfloat16")
+                   learn_sigma=False, second_scalar=True, time_input="sit", negate_output=True,
+                   dtype="bfloat16")
     c.method = dict(name="shortcut", denoise_timesteps=128, bootstrap_every=8,
                     class_dropout_prob=0.1, bootstrap_cfg=False, clip=4.0, bootstrap_ema="ema",
                     sample_steps=1)
@@ -54,7 +55,7 @@ def get_config(arg=None):
         smoke_variant(c, dict(name="dit", preset="DiT-S/2", input_size=8, in_channels=4,
                       hidden_size=32, depth=1, num_heads=2, num_classes=0,
                       class_dropout_prob=0.0, learn_sigma=False, second_scalar=True,
-                      time_input="sit"), sample_steps=None)
+                      time_input="sit", negate_output=True), sample_steps=None)
         c.method.update(denoise_timesteps=8, bootstrap_every=4, sample_steps=2)
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")

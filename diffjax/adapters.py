@@ -1,7 +1,7 @@
 """Adapters between diffjax's time convention and each paper's own.
 
 diffjax: ``t in [0, 1]``, data at 0, noise at 1, ``x_t = alpha(t) x0 + sigma(t) eps``.
-The papers differ (spec_modern.md, section 0):
+The papers differ:
 
 ==================  ==========================================  =============================
 paper               its variable                                adapter
@@ -9,13 +9,16 @@ paper               its variable                                adapter
 DDPM/iDDPM/DDIM/    code index ``i in {0..T-1}``, ``i=0`` is     ``ddpm_index_to_t``,
 ADM/DiT             one step of noise                            ``t_to_ddpm_index``
 EDM, consistency    sigma (``x = y + sigma n``)                  ``sigma_to_t``, ``t_to_sigma``
-SiT, shortcut       ``t = 1`` is data                           ``flip_time``
+SiT, shortcut       ``t = 1`` is data                           ``flip_time``,
+                    (velocity ``dx/dt_paper = -dx/dt``)          ``FlippedVelocity``
 NCSN                label ``i = 0`` is the *largest* sigma       ``ncsn_label_to_t``
 score_sde VP net    ``999 t``                                    ``time_input('vp_999t')``
 ==================  ==========================================  =============================
 
 :func:`with_time_input` wraps a network that expects one of these inputs into the
-``model(x, t, cond)`` contract the samplers and losses use.
+``model(x, t, cond)`` contract the samplers and losses use. :class:`FlippedVelocity` and
+:class:`FixedLevel` are pytrees (``flax.struct.dataclass``): a sampler given them traces the
+wrapped model's weights instead of baking them into its program.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
+from flax import struct
 
 from diffjax.processes import Process
 
@@ -40,6 +44,8 @@ __all__ = [
     "time_input",
     "with_time_input",
     "sit_velocity",
+    "FlippedVelocity",
+    "FixedLevel",
 ]
 
 
@@ -121,8 +127,32 @@ def with_time_input(net: Callable, kind: str, process: Process | None = None,
 def sit_velocity(net: Callable) -> Callable:
     """Wrap a SiT/flow velocity network ``v(x, t_sit, cond)`` (data at ``t_sit = 1``) as a
     diffjax ``'velocity'`` model: ``u(x, t) = -v(x, 1 - t, cond)`` (``dt = -dt_sit``)."""
+    return FlippedVelocity(net)
 
-    def model(x, t, cond=None):
-        return -net(x, flip_time(t), cond)
 
-    return model
+@struct.dataclass
+class FlippedVelocity:
+    """A velocity network of a paper whose data sit at ``t' = 1`` (SiT, shortcut models) as a
+    diffjax velocity: ``u(x, t, *args) = -v(x, 1 - t, *args)``, since ``t' = 1 - t`` and so
+    ``dx/dt = -dx/dt'``. Extra inputs (a shortcut model's step level, labels) pass through;
+    with none, ``cond = None`` is passed (``u(x, t)`` is ``-v(x, 1 - t, None)``).
+    """
+
+    net: Callable
+
+    def __call__(self, x, t, *args):
+        return -self.net(x, flip_time(t), *(args or (None,)))
+
+
+@struct.dataclass
+class FixedLevel:
+    """A step-size-conditioned model ``model(x, t, level, cond)`` (shortcut models: step size
+    ``d = 2^-level``) at one fixed integer ``level``, as ``model(x, t, cond)``. ``level`` is
+    static (it fixes the number of sampling steps, hence the program)."""
+
+    model: Callable
+    level: int = struct.field(pytree_node=False, default=0)
+
+    def __call__(self, x, t, cond=None):
+        t = jnp.asarray(t)
+        return self.model(x, t, jnp.full(t.shape, self.level, jnp.int32), cond)

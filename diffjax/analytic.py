@@ -174,7 +174,7 @@ def sliced_wasserstein(x, y, num_projections: int = 128, num_quantiles: int = 99
     """Sliced p-Wasserstein distance between two point clouds ``(n, d)`` and ``(m, d)``.
 
     Fixed random unit directions (``seed``) and ``num_quantiles`` interior quantiles per
-    projection (spec_classic.md section 14: 128 projections, 999 quantiles);
+    projection (defaults: 128 projections, 999 quantiles);
     ``(mean over projections and quantiles of |q_x - q_y|^p)^(1/p)`` (``p = 1``: SW1).
     """
     if p < 1:

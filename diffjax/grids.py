@@ -9,6 +9,7 @@ Grids are computed in float64 NumPy where the formula allows it, then cast.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,6 +18,7 @@ from diffjax.processes import Process, check_steps
 __all__ = [
     "uniform_grid",
     "quadratic_grid",
+    "karras_sigma",
     "karras_sigmas",
     "karras_grid",
     "log_snr_grid",
@@ -43,20 +45,44 @@ def quadratic_grid(num_steps: int, t_max: float = 1.0, t_min: float = 0.0) -> jn
     return _out(t_min + (t_max - t_min) * u**2)
 
 
+def karras_sigma(i, num, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 rho: float = 7.0):
+    """Point ``i`` of an ``N``-point Karras noise-level grid (Karras et al. 2022, eq. 5).
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
+    so ``sigma_0 = sigma_max`` and ``sigma_{N-1} = sigma_min``. The one place this formula is
+    written: EDM's sampling grid (:func:`karras_sigmas`), consistency models' discretisation
+    (Song et al. 2023, sec. 5; ``i`` and ``N`` traced in the loss), their multistep sampler
+    and IMM's ``'edm'`` grid in ``eta``.
+
+    Args:
+      i: index (int or float, any shape).
+      num: ``N >= 2``, the number of points.
+      sigma_min, sigma_max, rho: the grid's end points and curvature (Python floats).
+
+    Returns:
+      ``sigma_i``: float64 NumPy when ``i`` and ``num`` are NumPy/Python values; a jax array
+      otherwise (``i`` cast to the default float dtype, float64 under ``jax.enable_x64``).
+    """
+    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    if isinstance(i, jax.Array) or isinstance(num, jax.Array):
+        i = jnp.asarray(i)
+        i = i if jnp.issubdtype(i.dtype, jnp.floating) else i.astype(jnp.result_type(float))
+        return (a + i / (jnp.asarray(num, i.dtype) - 1) * (b - a)) ** rho
+    i = np.asarray(i, np.float64)
+    return (a + i / (np.float64(num) - 1.0) * (b - a)) ** rho
+
+
 def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
                   rho: float = 7.0, append_zero: bool = True) -> np.ndarray:
-    """EDM's noise levels (Karras et al. 2022, eq. 5), float64.
-
-    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``
-    for ``i = 0..N-1``, followed by ``sigma_N = 0`` when ``append_zero``.
-    """
+    """EDM's noise levels (Karras et al. 2022, eq. 5), float64: :func:`karras_sigma` at
+    ``i = 0..N-1`` (``N = num_steps``; ``[sigma_max]`` for ``N = 1``), followed by
+    ``sigma_N = 0`` when ``append_zero``."""
     check_steps(num_steps)
     if num_steps == 1:
         s = np.array([sigma_max], np.float64)
     else:
-        i = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
-        a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-        s = (a + i * (b - a)) ** rho
+        s = karras_sigma(np.arange(num_steps), num_steps, sigma_min, sigma_max, rho)
     return np.concatenate([s, [0.0]]) if append_zero else s
 
 

@@ -3,7 +3,8 @@ step (:class:`diffjax.samplers.Step`). No sampler is copied; every wrapper is a 
 (``flax.struct.dataclass``) whose float fields (scales, intervals, known data, masks) are traced
 leaves, so changing them never recompiles :func:`diffjax.samplers.sample`.
 
-Notation (spec_classic.md section 1): ``x_t = alpha(t) x0 + sigma(t) eps``, data at ``t = 0``.
+Notation: ``x_t = alpha(t) x0 + sigma(t) eps`` with ``eps ~ N(0, I)``, data at ``t = 0`` and
+noise at ``t = 1``.
 
 * :class:`ClassifierGuidance` -- ADM classifier guidance in score form (Dhariwal & Nichol 2021,
   Alg. 2 / eq. 14): ``eps' = eps - sigma_t s grad_x log p(y | x_t, t)`` (``sqrt(1 - abar)`` is
@@ -13,7 +14,9 @@ Notation (spec_classic.md section 1): ``x_t = alpha(t) x0 + sigma(t) eps``, data
   logits network, e.g. ``as_denoiser(ADMClassifier(...), 'ddpm_index')``).
 * :class:`ClassifierFreeGuidance` -- Ho & Salimans 2022 eq. 6 for any model with a null
   condition (null label id or ``None``), both weight conventions, guidance interval, channel
-  subset; built on :func:`diffjax.models.guidance_cfg.combine_cfg`.
+  subset; the library's single classifier-free guidance implementation.
+  :func:`classifier_free_guidance` builds it in the DiT convention (null label read from the
+  model) and :func:`combine_cfg` is its channel-wise combination.
 * :class:`Inpaint` / :func:`inpainting` / :func:`colorization` -- Score SDE (Song et al. 2021,
   appendix I.2, ``controllable_generation.py``) replacement of the known part after every step.
 * :class:`ReconstructionGuidance` -- Video Diffusion Models (Ho et al. 2022) eq. 7.
@@ -21,6 +24,31 @@ Notation (spec_classic.md section 1): ``x_t = alpha(t) x0 + sigma(t) eps``, data
   conditioning by channel concatenation.
 * :class:`MixtureClassOracle` -- an exact class-conditional mixture denoiser with a null label
   (the ground truth that the guidance tests compare to).
+
+Classifier-free guidance conventions and reference quirks
+---------------------------------------------------------
+* **Scale conventions.** Ho & Salimans 2022 (arXiv 2207.12598) eq. 6 writes
+  ``guided = (1 + w) cond - w uncond`` (``w = 0``: the conditional model). DiT / SiT /
+  LightningDiT (facebookresearch/DiT ``models.py :: DiT.forward_with_cfg``) write
+  ``guided = uncond + scale (cond - uncond)``, so ``scale = 1 + w`` (``scale = 1``: the
+  conditional model, ``scale = 0``: the unconditional one). ``convention='w'`` /
+  ``convention='scale'`` select them; :func:`cfg_scale` converts.
+* **One batched forward.** With a null class id, the conditional and unconditional halves run
+  as one forward on labels ``[y, null]`` (as ``forward_with_cfg``).
+* **Guided channels.** The DiT/SiT references guide only ``model_out[:, :3]`` (a leftover of
+  GLIDE's RGB models); every other channel -- the 4th latent channel and the learned-variance
+  channels -- comes from each half's own output, and the returned conditional half keeps the
+  conditional values. ``channels=3`` reproduces that (DiT's FID 2.27 recipe: scale 1.5 on 3
+  channels). ``channels='all'`` (the default) guides every *prediction* channel: all channels,
+  or only the first half with ``learned_variance=True``; the learned-variance channels are never
+  guided, they are taken from the conditional half.
+* **Guidance interval** (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval
+  improves sample and distribution quality"). ``interval=(t_lo, t_hi)`` in diffjax time (data at
+  0) guides only the samples with ``t_lo <= t <= t_hi``; elsewhere the output is exactly the
+  conditional model's. LightningDiT's ``cfg_interval_start = s`` in SiT time (data at 1) is
+  ``t_hi = 1 - s`` here.
+* **Traced scale.** The weight and the interval are pytree leaves: changing them does not
+  recompile :func:`diffjax.samplers.sample`.
 """
 
 from __future__ import annotations
@@ -33,7 +61,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from diffjax.models.guidance_cfg import combine_cfg
 from diffjax.parameterization import check_kind, from_x0_eps, to_x0_eps
 from diffjax.processes import Process, broadcast_t
 from diffjax.samplers.ddpm import posterior
@@ -48,6 +75,8 @@ __all__ = [
     "LogitsClassifier",
     "MixtureClassOracle",
     "ClassifierFreeGuidance",
+    "classifier_free_guidance",
+    "combine_cfg",
     "cfg_scale",
     "Inpaint",
     "inpainting",
@@ -89,7 +118,7 @@ class MixtureClassifier:
     """The exact (Bayes) noisy classifier of a labelled mixture: class = component.
 
     ``log p(y | x_t) = log w_y + log N(x_t; alpha mu_y, alpha^2 v_y + sigma^2) - log p_t(x_t)``
-    (spec_classic.md section 9(c); the log of
+    (Bayes' rule over the mixture's components; the log of
     :meth:`diffjax.analytic.GaussianMixture.responsibilities`, computed as a ``log_softmax`` so
     its gradient stays finite far from a component). Hence
     ``grad log p(y | x_t) = score(x_t | y) - score(x_t)`` exactly.
@@ -127,7 +156,7 @@ class LogitsClassifier:
     ``logits`` is a pytree callable ``(x, t, cond) -> (B, K)`` in diffjax time, e.g. ADM's noisy
     classifier ``diffjax.models.as_denoiser(ADMClassifier(...), 'ddpm_index')`` (the time
     conversion replaces guided-diffusion's ``SpacedDiffusion`` timestep map: the classifier
-    always sees the *original* timestep, spec section 9(d)). The labels are taken from ``cond``
+    always sees the *original* training timestep). The labels are taken from ``cond``
     (or ``cond['y']``); ``cond`` is passed on unchanged.
     """
 
@@ -158,11 +187,11 @@ class ClassifierGuidance:
     VP; guided-diffusion ``condition_score``), i.e. the score gains ``s * grad log p(y | x_t)``;
     ``x0' = (x_t - sigma_t eps') / alpha_t = x0 + (sigma_t^2 / alpha_t) s grad``. The result is
     returned in the wrapped model's own prediction kind, so it plugs into every sampler (DDIM,
-    ODE, ancestral, SDE). The gradient is taken at ``x_t`` (ADM behaviour, section 9(d)).
+    ODE, ancestral, SDE). The gradient is taken at ``x_t`` (as ADM's ``cond_fn``).
 
     With the Bayes classifier (:class:`MixtureClassifier`), scale 1 turns the unconditional
     model into the exact class-conditional one, and scale ``s`` equals classifier-free guidance
-    with scale ``s`` (Ho & Salimans' ``w = s - 1``): spec section 9(c) checks 1-2.
+    with scale ``s`` (Ho & Salimans' ``w = s - 1``); ``tests/test_guidance.py`` checks both.
 
     Attributes:
       model: ``(x, t, cond) -> prediction`` (usually unconditional; ``cond`` is passed to it).
@@ -293,10 +322,63 @@ def cfg_scale(weight: Any, convention: str) -> Any:
     ``convention='scale'``: ``weight`` is ``w'`` itself (DiT / lucidrains ``cond_scale``; 1 = the
     conditional model, 0 = the unconditional one). ``convention='w'``: Ho & Salimans 2022 eq. 6,
     ``guided = (1 + w) cond - w uncond``, so ``w' = 1 + w`` (``w = 0`` = conditional model).
+
+    Args:
+      weight: the guidance weight in ``convention`` (a float or a traced array).
+      convention: ``'scale'`` or ``'w'``.
+
+    Returns:
+      ``w'`` (same type as ``weight``).
     """
     if convention not in _CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; expected one of {_CONVENTIONS}")
     return weight if convention == "scale" else 1.0 + weight
+
+
+def _traced(v: Any) -> Any:
+    """A Python int becomes a float: the sampler traces float leaves but keys its compile cache
+    on int leaves, so an int scale would recompile on every change."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _check_channels(channels: Any) -> None:
+    if isinstance(channels, bool) or not (
+            channels == "all" or (isinstance(channels, int) and channels > 0)):
+        raise ValueError(f"channels must be 'all' or a positive int; got {channels!r}")
+
+
+def combine_cfg(cond_out: Array, uncond_out: Array, scale: Array, channels: str | int = "all",
+                learned_variance: bool = False) -> Array:
+    """Combine the conditional and unconditional outputs channel-wise (Ho & Salimans 2022, eq. 6
+    in the DiT convention): ``uncond + scale (cond - uncond)`` on the first ``k`` channels of the
+    last axis, the conditional values on the others.
+
+    ``k`` is ``channels`` for an int (DiT/SiT guide ``k = 3``), or for ``channels='all'`` every
+    channel, or the first half (the prediction; the second half is the learned variance, never
+    guided) when ``learned_variance`` is true.
+
+    Args:
+      cond_out: conditional output ``(B, ..., C)``.
+      uncond_out: unconditional output, same shape.
+      scale: DiT-convention scale ``w'`` (see :func:`cfg_scale`), a scalar or per-sample ``(B,)``.
+      channels: ``'all'`` or the number of leading channels to guide, in ``[1, C]``.
+      learned_variance: whether the last half of the channels is a learned variance.
+
+    Returns:
+      The guided output, shape of ``cond_out``.
+    """
+    _check_channels(channels)
+    c = cond_out.shape[-1]
+    if channels == "all":
+        k = c // 2 if learned_variance else c
+    elif channels <= c:
+        k = channels
+    else:
+        raise ValueError(f"channels must be 'all' or an int in [1, {c}]; got {channels!r}")
+    s = jnp.asarray(scale, cond_out.dtype)
+    s = s.reshape(s.shape + (1,) * (cond_out.ndim - s.ndim)) if s.ndim else s
+    guided = uncond_out[..., :k] + s * (cond_out[..., :k] - uncond_out[..., :k])
+    return jnp.concatenate([guided, cond_out[..., k:]], axis=-1) if k < c else guided
 
 
 @struct.dataclass
@@ -311,17 +393,24 @@ class ClassifierFreeGuidance:
     Null conventions:
       * ``null_label=int`` -- labels (``cond`` or ``cond['y']``, int ``(B,)``) with a null class
         id; both halves run as **one** batched forward (``[y, null]``, as DiT's
-        ``forward_with_cfg``) and are combined by
-        :func:`~diffjax.models.guidance_cfg.combine_cfg`.
+        ``forward_with_cfg``) and are combined by :func:`combine_cfg`.
       * ``null_label=None`` -- the unconditional branch is ``model(x, t, None)``; two forwards
         (a batch cannot mix ``None`` with a condition).
 
     ``interval=(lo, hi)``: guidance only where ``lo <= t <= hi`` per sample; elsewhere the output
     is exactly the conditional model's (Kynkaanniemi et al. 2024). ``channels``: ``'all'`` or the
     number of leading channels (last axis) guided; the rest come from the conditional half
-    (``combine_cfg``; ``learned_variance`` never guides the variance channels).
+    (:func:`combine_cfg`; ``learned_variance`` never guides the variance channels). See the
+    module docstring for the DiT/SiT channel quirk.
 
-    Attributes ``weight`` and ``interval`` are traced (no recompilation).
+    Attributes:
+      model: ``(x, t, cond) -> prediction``, trained with a null condition.
+      weight: the guidance weight in ``convention`` (traced: no recompilation).
+      interval: ``(t_lo, t_hi)`` in diffjax time (traced).
+      convention: ``'scale'`` (DiT ``w'``) or ``'w'`` (Ho & Salimans), static.
+      null_label: the null class id, or ``None`` for ``cond=None`` (static).
+      channels: ``'all'`` or the number of guided leading channels (static).
+      learned_variance: the last half of the channels is a learned variance (static).
     """
 
     model: Callable
@@ -334,10 +423,13 @@ class ClassifierFreeGuidance:
 
     def __post_init__(self):
         cfg_scale(0.0, self.convention)  # validates the convention
-        if not (self.channels == "all" or (isinstance(self.channels, int) and self.channels > 0)):
-            raise ValueError(f"channels must be 'all' or a positive int; got {self.channels!r}")
+        _check_channels(self.channels)
         if len(self.interval) != 2:
             raise ValueError(f"interval must be (t_lo, t_hi); got {self.interval!r}")
+        # frozen dataclass: normalise the traced fields in place
+        object.__setattr__(self, "weight", _traced(self.weight))
+        if isinstance(self.interval, (tuple, list)):
+            object.__setattr__(self, "interval", tuple(_traced(v) for v in self.interval))
 
     @property
     def prediction(self):
@@ -364,6 +456,38 @@ class ClassifierFreeGuidance:
         # outside the interval: exactly the conditional output (``u + 1 (c - u)`` is not
         # bit-identical to ``c`` in floating point)
         return jnp.where(inside, guided, cond_out)
+
+
+def classifier_free_guidance(model: Callable, scale: Any = 1.0, *, channels: str | int = "all",
+                             null_label: int | None = None, learned_variance: bool = False,
+                             interval: tuple[float, float] = (0.0, 1.0)) -> ClassifierFreeGuidance:
+    """Classifier-free guidance in the DiT convention, as one :class:`ClassifierFreeGuidance`.
+
+    ``guided = uncond + scale (cond - uncond)`` (Ho & Salimans 2022, eq. 6 with
+    ``scale = 1 + w``; ``scale = 1`` is the conditional model), both halves in one batched
+    forward on labels ``[y, null]``.
+
+    Args:
+      model: a class-conditional network ``(x, t, labels) -> prediction`` with a null class.
+      scale: the DiT scale ``w'`` (a traced leaf of the result: changing it with
+        ``cfg.replace(weight=...)`` does not recompile the sampler).
+      channels: ``'all'`` or the number of leading channels to guide (``3`` reproduces DiT/SiT).
+      null_label: the null class id; defaults to ``model.null_label`` (set by
+        :func:`diffjax.models.as_denoiser`).
+      learned_variance: the last half of the channels is a learned variance (never guided).
+      interval: ``(t_lo, t_hi)`` in diffjax time where guidance applies (Kynkaanniemi et al.
+        2024).
+
+    Returns:
+      ``ClassifierFreeGuidance(model, scale, interval, 'scale', null_label, channels,
+      learned_variance)``.
+    """
+    if null_label is None:
+        null_label = getattr(model, "null_label", None)
+        if null_label is None:
+            raise ValueError("null_label is required (the model does not expose one)")
+    return ClassifierFreeGuidance(model, scale, tuple(interval), "scale", int(null_label),
+                                  channels, bool(learned_variance))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,9 +602,11 @@ class ReconstructionGuidance:
     ``x~0 = x^0 - (w_r alpha_t / 2) grad_{x_t} || m (x^a - x^0(x_t)) ||^2``, then the known block
     is set to ``x^a``: ``x~0 <- m x^a + (1 - m) x~0``.
 
-    The gradient goes through the *network* (``jax.vjp`` of ``x_t -> x^0``, section 12(d)): it is
-    ``-2 J^T m (x^a - x^0)``. Derived from ``q(x^a | x_t) ~ N(x^0^a, sigma_t^2 / alpha_t^2 I)``;
-    ``w_r > 1`` works best (section 12(c)1). Returns ``'x0'`` (sample with
+    The gradient is taken with respect to ``x_t`` *through the network* (``jax.vjp`` of
+    ``x_t -> x^0``): it is ``-2 J^T m (x^a - x^0)``. Derived from
+    ``q(x^a | x_t) ~ N(x^0^a, sigma_t^2 / alpha_t^2 I)``; weights ``w_r > 1`` work best (Ho et
+    al. 2022, sec. 3.1; on an exact Gaussian video model, ``w_r = 2`` roughly halves the
+    conditional-mean error of :class:`Inpaint`). Returns ``'x0'`` (sample with
     ``prediction='x0'``); the sampler then moves the whole vector (the known block is not
     re-noised, unlike :class:`Inpaint`).
 

@@ -13,7 +13,8 @@ With ``x = alpha x0 + sigma eps`` (per-example ``t``), the kinds are
 
 Everything passes through the pair ``(x0, eps)``: ``to_x0_eps`` and ``from_x0_eps``.
 EDM preconditioning and the consistency-model boundary form are wrappers that turn a raw
-network ``F`` into an ``'x0'`` model.
+network ``F`` into an ``'x0'`` model. IMM's networks output ``G``, which means a map
+``f_{s,t}(x_t)`` between two times (:func:`imm_map`), used by both IMM's loss and its sampler.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from flax import struct
 
-from diffjax.processes import Process, broadcast_t
+from diffjax.processes import Linear, Process, broadcast_t
 
 Array = Any
 
@@ -44,6 +45,10 @@ __all__ = [
     "EDMPrecond",
     "consistency_coeffs",
     "ConsistencyPrecond",
+    "IMM_KINDS",
+    "IMM_PROCESS",
+    "imm_coeffs",
+    "imm_map",
 ]
 
 
@@ -70,7 +75,7 @@ def _coefs(process: Process, x: Array, t: Array):
 def to_x0_eps(kind: str, pred: Array, x: Array, t: Array, process: Process) -> tuple[Array, Array]:
     """Convert a ``kind`` prediction at ``(x, t)`` into ``(x0_hat, eps_hat)``.
 
-    Closed forms (spec_classic.md section 1): ``x0 = (x - sigma eps) / alpha``,
+    Closed forms (from ``x = alpha x0 + sigma eps``): ``x0 = (x - sigma eps) / alpha``,
     ``eps = (x - alpha x0) / sigma``, score ``s``: ``eps = -sigma s``; ``v``: ``x0 = (alpha x -
     sigma v) / (alpha^2 + sigma^2)``, ``eps = (sigma x + alpha v) / (alpha^2 + sigma^2)``;
     velocity ``u``: solve ``[alpha sigma; alpha_dot sigma_dot] [x0; eps] = [x; u]``.
@@ -212,3 +217,47 @@ class ConsistencyPrecond(EDMPrecond):
 
     def scalings(self, sigma):
         return consistency_coeffs(sigma, self.sigma_min, self.sigma_data)
+
+
+# ----------------------------------------------------------------------------------------------
+# IMM: the network output is a map between two times (Zhou, Ermon, Song 2025, arXiv 2503.07565)
+# ----------------------------------------------------------------------------------------------
+
+IMM_KINDS = ("identity", "simple_edm", "euler_fm")
+
+#: IMM's path: the OT flow-matching interpolant ``alpha_t = 1 - t``, ``sigma_t = t``
+IMM_PROCESS = Linear()
+
+
+def imm_coeffs(kind: str, t: Array, s: Array, sigma_data: float = 0.5):
+    """``(c_skip, c_out, c_in)`` with ``f_{s,t}(x) = c_skip x + c_out G(c_in x, t, s)`` (IMM,
+    Zhou et al. 2025, sec. 4 and eq. 12; official ``IMMPrecond``), on :data:`IMM_PROCESS`.
+
+    * ``'identity'``: ``f = DDIM(x_t, G, t, s)``: ``c_skip = sigma_s/sigma_t``,
+      ``c_out = alpha_s - alpha_t sigma_s / sigma_t``;
+    * ``'simple_edm'``: ``c_skip = (a_t a_s + s_t s_s)/(a_t^2+s_t^2)``,
+      ``c_out = -(a_s s_t - a_t s_s) sigma_d / sqrt(a_t^2 + s_t^2)``;
+    * ``'euler_fm'``: ``f = x_t - (t - s) sigma_d G``.
+
+    ``c_in = 1 / (sigma_d sqrt(a_t^2 + s_t^2))`` for all kinds. ``t``, ``s``: any shape.
+    """
+    if kind not in IMM_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {IMM_KINDS}")
+    p = IMM_PROCESS
+    at, st, as_, ss = p.alpha(t), p.sigma(t), p.alpha(s), p.sigma(s)
+    nrm = jnp.sqrt(at**2 + st**2)
+    c_in = 1.0 / (sigma_data * nrm)
+    if kind == "identity":
+        return ss / st, as_ - at * ss / st, c_in
+    if kind == "simple_edm":
+        return (at * as_ + st * ss) / nrm**2, -(as_ * st - at * ss) * sigma_data / nrm, c_in
+    return jnp.ones_like(at), -(jnp.asarray(t, at.dtype) - s) * sigma_data, c_in
+
+
+def imm_map(kind: str, G: Array, x_t: Array, t: Array, s: Array,
+            sigma_data: float = 0.5) -> Array:
+    """The pushforward ``f_{s,t}(x_t) = c_skip x_t + c_out G`` (:func:`imm_coeffs`) of a raw
+    IMM output ``G``; per-example ``t``, ``s`` of shape ``(B,)`` (or scalars). Guidance acts on
+    ``G`` before the map (official ``IMMPrecond.cfg_forward``)."""
+    c_skip, c_out, _ = imm_coeffs(kind, t, s, sigma_data)
+    return broadcast_t(c_skip, x_t) * x_t + broadcast_t(c_out, x_t) * G

@@ -300,26 +300,42 @@ class EDM(Process):
 
 @struct.dataclass
 class Linear(Process):
-    """Linear interpolant ``x_t = (1 - t) x0 + t eps`` (rectified flow; SiT "Linear").
+    """Linear interpolant ``x_t = (1 - t) x0 + (sigma_min + (1 - sigma_min) t) eps``.
 
-    SiT writes ``x_t = t x1 + (1 - t) x0`` with data at ``t = 1``: ours is ``1 - t_SiT``
-    (:func:`diffjax.adapters.flip_time`).
+    With ``sigma_min = 0`` (default) this is rectified flow / SiT "Linear": ``alpha = 1 - t``,
+    ``sigma = t``. SiT writes ``x_t = t x1 + (1 - t) x0`` with data at ``t = 1``: ours is
+    ``1 - t_SiT`` (:func:`diffjax.adapters.flip_time`).
+
+    ``sigma_min > 0`` keeps a floor of noise at the data end (the optimal-transport path of flow
+    matching, Lipman et al. 2023, sec. 4.1): shortcut models (Frans et al. 2024) train on
+    ``x_t' = (1 - (1 - eps) t') x_noise + t' x_data`` with data at ``t' = 1`` and
+    ``eps = 1e-5``, which is ``Linear(sigma_min=eps)`` at ``t = 1 - t'``. Then
+    ``sigma(t) = t + sigma_min (1 - t)``, ``lambda(0) = -2 log(sigma_min)`` is finite and
+    :meth:`t_from_log_snr` clips log-SNRs above it to ``t = 0``.
     """
+
+    sigma_min: float = 0.0
 
     def alpha(self, t):
         return 1.0 - jnp.asarray(t, jnp.float32)
 
     def sigma(self, t):
-        return jnp.asarray(t, jnp.float32)
+        # t + sigma_min (1 - t): exactly t for sigma_min = 0 and exactly 1 at t = 1
+        t = jnp.asarray(t, jnp.float32)
+        return t + self.sigma_min * (1.0 - t)
 
     def t_from_log_snr(self, lam):
-        return jax.nn.sigmoid(-0.5 * jnp.asarray(lam, jnp.float32))
+        # (1 - t) / (t + m (1 - t)) = r = e^(lam/2); with q = sigmoid(-lam/2) = 1 / (1 + r):
+        # t = (q - m (1 - q)) / (1 - m (1 - q)), written without r (no overflow), = q for m = 0
+        q = jax.nn.sigmoid(-0.5 * jnp.asarray(lam, jnp.float32))
+        m = self.sigma_min * (1.0 - q)
+        return jnp.maximum((q - m) / (1.0 - m), 0.0)
 
     def alpha_dot(self, t):
         return -jnp.ones_like(jnp.asarray(t, jnp.float32))
 
     def sigma_dot(self, t):
-        return jnp.ones_like(jnp.asarray(t, jnp.float32))
+        return (1.0 - self.sigma_min) * jnp.ones_like(jnp.asarray(t, jnp.float32))
 
 
 @struct.dataclass

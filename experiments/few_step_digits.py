@@ -5,9 +5,10 @@ network architecture for every method -- a small NCSN++/DDPM++ (nf 32, ch_mult (
 residual block per level, no attention, no dropout); the shortcut and IMM networks add the
 ``second_scalar`` embedder their methods need -- the same optimizer, batch and number of
 optimizer steps, and the data of the quickstart (``data.name='digits'``, the last 297 digits
-held out, no flips). Setup through :func:`diffjax.experiment._setup`, losses and samplers
-through :func:`diffjax.experiment._training_parts` (the EDM baseline) and
-:func:`diffjax.methods.build_method` (the few-step methods), each method keyed as its recipe in
+held out, no flips). Data, network, method, optimizer and EMAs are built from each config by
+:func:`diffjax.run.build.build`, the code path of ``python -m diffjax train`` (the baseline is
+plain EDM diffusion from its ``loss`` section, the few-step methods come from their ``method``
+section), and trained with the library's train step. Each method is keyed as its recipe in
 ``configs/`` says, except for what is shared by all (network, optimizer, steps, batch, EMA,
 ``l2`` instead of CIFAR's LPIPS for CD, no dropout):
 
@@ -54,10 +55,9 @@ import numpy as np
 
 import diffjax as dj
 from diffjax import evaluation as ev
-from diffjax import experiment as E
-from diffjax import methods
 from diffjax import train as T
 from diffjax.metrics.classifier_score import classifier_score, fit_classifier
+from diffjax.run.build import Built, build, build_method, prediction_of
 from diffjax.utils.png import image_grid, save_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -135,10 +135,10 @@ def method_configs(tiny: bool, steps: int, batch: int, seed: int) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(s: dict, loss_fn, takes_state: bool, ema_specs: dict, init_params, init_extra,
-          optim: dict, steps: int, chunk: int):
-    """The library's train step (:func:`diffjax.train.make_train_step`) on batches drawn with
-    replacement from the training digits, one jitted call per step (progress every ``chunk``).
+def train(built: Built, steps: int, chunk: int):
+    """``built``'s method, optimizer, EMAs and initial state through the library's train step
+    (:func:`diffjax.train.make_train_step`) on batches drawn with replacement from the training
+    digits, one jitted call per step (progress every ``chunk``).
 
     Why not a ``lax.scan`` of steps as in ``few_step_toy.py``: on this CPU the NCSN++ step runs
     ~12x slower inside a scanned loop than as its own jitted call (2.3 s vs 0.2 s at batch 64).
@@ -147,13 +147,13 @@ def train(s: dict, loss_fn, takes_state: bool, ema_specs: dict, init_params, ini
       ``(state, seconds incl. compilation, mean loss of the last 10 % of steps,
       number of non-finite steps the trainer skipped)``.
     """
-    opt = T.make_optimizer(**optim)
-    state = T.create_train_state(init_params, opt, seed=s["seed"], ema_names=tuple(ema_specs),
-                                 init_extra=init_extra)
-    B = s["batch_size"]
-    step = T.make_train_step(loss_fn, opt, ema_specs, B, loss_takes_state=takes_state)
+    method = built.method
+    state = built.init_state()
+    B = built.setup.batch_size
+    step = T.make_train_step(method.loss, built.optimizer, built.ema_specs, B,
+                             loss_takes_state=True, update_extra=method.update_extra)
     # the 1,500 training digits live on the device: no loader round trip per step
-    images = jnp.asarray(np.asarray(s["source"].images, np.float32))
+    images = jnp.asarray(np.asarray(built.data.source.images, np.float32))
 
     def one(st, k):
         idx = jax.random.randint(k, (B,), 0, images.shape[0])
@@ -162,7 +162,7 @@ def train(s: dict, loss_fn, takes_state: bool, ema_specs: dict, init_params, ini
 
     one = jax.jit(one, donate_argnums=0)
     t0, losses, tc = time.perf_counter(), [], time.perf_counter()
-    key = jax.random.key(s["seed"] + 100)
+    key = jax.random.key(built.seed + 100)
     for i in range(steps):
         state, loss = one(state, jax.random.fold_in(key, i))
         losses.append(loss)
@@ -253,10 +253,9 @@ def run(tiny: bool = False, out: Path | None = None, grids: Path | None = None, 
     cfgs = method_configs(tiny, steps, B, seed)
     t_all = time.perf_counter()
 
-    edm_cfg = cfgs["edm"]
-    s_edm = E._setup(edm_cfg, None)
-    train_x = np.asarray(s_edm["source"].images, np.float32)
-    scorer = Scorer(train_x, np.asarray(s_edm["source"].labels), s_edm["heldout"])
+    edm = build(cfgs["edm"])
+    train_x = np.asarray(edm.data.source.images, np.float32)
+    scorer = Scorer(train_x, np.asarray(edm.data.source.labels), edm.data.heldout)
     rows = []
     key = jax.random.key(seed + 7)
 
@@ -281,21 +280,16 @@ def run(tiny: bool = False, out: Path | None = None, grids: Path | None = None, 
                                                          size=n_eval)
     add("Gaussian fit", "training mean and covariance", "-",
         gauss.reshape((n_eval,) + train_x.shape[1:]), None, None, None)
-    held = s_edm["heldout"]
+    held = edm.data.heldout
     heldout_score = classifier_score(scorer.clf, held)["score"]
 
     # EDM baseline --------------------------------------------------------------------------
     print(f"training EDM ({steps} steps, batch {B})", flush=True)
-    parts = E._training_parts(edm_cfg, s_edm)
-    state, secs, loss, skipped = train(
-        s_edm, parts["loss_fn"], parts["takes_state"], parts["ema_specs"],
-        parts["init_params"], parts["init_extra"], dict(edm_cfg.optim), steps, chunk)
+    state, secs, loss, skipped = train(edm, steps, chunk)
     edm_state = state
-    proc, net = s_edm["process"], s_edm["net"]
-    pred = E._prediction(edm_cfg.model, "edm")
-    model = jax.tree_util.Partial(lambda p, x, t, c=None: net.bind(p)(x, t, c),
-                                  state.ema["ema"])
-    shape = (n_eval,) + tuple(s_edm["x_shape"])
+    proc, pred = edm.setup.process, prediction_of(edm.config)
+    model = edm.setup.network.bind(state.ema["ema"])
+    shape = (n_eval,) + edm.setup.x_shape
     heun_n = 4 if tiny else 18
     for n, st, label, nfe, gname in (
             (heun_n, dj.samplers.Heun(), f"Heun, {heun_n} Karras points", 2 * heun_n - 1,
@@ -322,19 +316,16 @@ def run(tiny: bool = False, out: Path | None = None, grids: Path | None = None, 
         if name not in which:
             continue
         c = cfgs[name]
-        s = E._setup(c, None)
-        teacher = (s_edm["net"], edm_state.ema["ema"]) if name == "cd" else None
-        m = methods.build_method(c, s, teacher=teacher)
-        ema_specs = {**E._ema_specs(c), **m.ema_specs}
+        # CD's teacher: the EDM baseline's network and EMA weights, in memory
+        teacher = (edm.setup.network.bind, edm_state.ema["ema"]) if name == "cd" else None
+        b = build(c, teacher=teacher)
         print(f"training {label} ({steps} steps, batch {B})", flush=True)
-        state, secs, loss, skipped = train(s, m.loss_fn, True, ema_specs,
-                                           m.init_params or s["init_params"], m.init_extra,
-                                           dict(c.optim), steps, chunk)
+        state, secs, loss, skipped = train(b, steps, chunk)
         for text, kw in samplers:
             c2 = ml_collections.ConfigDict(c.to_dict())
             c2.method.update(kw)
-            m2 = methods.build_method(c2, s, teacher=teacher)
-            x = jax.jit(lambda p, k, m2=m2: m2.sample(p, k, n_eval, None))(state.ema["ema"], key)
+            m2 = build_method(c2, b.setup, teacher=teacher)
+            x = m2.sample(state.ema["ema"], key, n_eval, None)  # the jitted scan driver
             gname = f"{name}_{m2.nfe}step"
             add(label, text, m2.nfe, x, secs, loss, skipped, note, grid_name=gname)
 

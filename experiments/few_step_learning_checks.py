@@ -1,7 +1,8 @@
-"""The spec's CPU learning checks of the few-step methods (spec_modern.md 2c.4, 3c.2, 4c.3, 8c.1).
+"""CPU learning checks of the few-step methods, each in its setting, with its pass criteria.
 
-Each check is run as the spec writes it, through the library's losses, methods and samplers, and
-scored by the spec's own pass criteria:
+Each check runs in the setting below, through the library's losses, methods and samplers (the
+methods built from their configs by :func:`diffjax.run.build.build`), and is scored by the pass
+criteria given with it:
 
 * **Consistency models (2c.4).** 8 Gaussians on a ring of radius 2 (std 0.05; ``sigma_data``
   = the data's per-coordinate std, ~1.414), MLP 3 x 256 (:class:`diffjax.models.ToyMLP`) inside
@@ -52,14 +53,14 @@ import ml_collections
 import numpy as np
 
 import diffjax as dj
-from diffjax import experiment as E
-from diffjax import methods
 from diffjax import train as T
 from diffjax.guidance import ClassifierFreeGuidance
 from diffjax.losses import consistency as cm
+from diffjax.methods import consistency_function
 from diffjax.metrics import toy as toy_metrics
 from diffjax.parameterization import convert
 from diffjax.processes import EDM, Linear
+from diffjax.run.build import Built, build, build_method, build_network, build_process
 from diffjax.samplers import few_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,6 +68,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # shortcut reference's rate; the CM / IMM references use >= 0.9999 over far longer runs); the
 # online weights' one-step figure is reported beside it
 EVAL_EMA = 0.999
+LR = 1e-3  # Adam, constant rate, in every check
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,24 +83,36 @@ def ring(radius, std=0.05, modes=8, process=None):
                                               process or Linear()), means
 
 
-def setup(config, batch_size, dim):
-    """The network binder and initialiser a method gets (:func:`diffjax.experiment.model_setup`)
-    for in-memory data of dimension ``dim``."""
-    k = int(config.model.get("num_classes", 0))
-    s = E.model_setup(config, (dim,), has_label=bool(k))
-    return dict(s, batch_size=batch_size, seed=0, source=None)
+def setup(config, batch_size, dim) -> Built:
+    """The run layer's :class:`~diffjax.run.build.Built` of a method's ``config`` for in-memory
+    data of dimension ``dim`` (no data set is opened; labelled when the network is
+    class-conditional): ``config`` completed with the batch and the constant-rate Adam
+    :data:`LR` of every check."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.data = dict(name="in-memory toy data", batch_size=int(batch_size))
+    c.optim = dict(name="adam", lr=LR)
+    labelled = bool(c.model.get("num_classes", 0))
+    return build(c, data=False, x_shape=(dim,), has_label=labelled)
 
 
-def fit(loss_fn, init_params, specs, draw, steps, batch, seed=0, init_extra=None):
-    """Constant-rate Adam 1e-3 through the library's train step; fresh draws every step; an
-    ``'eval'`` EMA (:data:`EVAL_EMA`) beside the method's own. Returns ``(initial params, state,
-    seconds, losses)``."""
+def network_of(config):
+    """The :class:`~diffjax.models.Network` of ``config.model`` on ``config.process`` (the
+    checks that write their own loss)."""
+    return build_network(config.model, build_process(config.process))
+
+
+def fit(loss_fn, init_params, specs, draw, steps, batch, seed=0, init_extra=None,
+        update_extra=None, optimizer=None):
+    """Constant-rate Adam :data:`LR` (or ``optimizer``) through the library's train step; fresh
+    draws every step; an ``'eval'`` EMA (:data:`EVAL_EMA`) beside the method's own. Returns
+    ``(initial params, state, seconds, losses)``."""
     specs = {"eval": T.EMASpec(decay=EVAL_EMA), **specs}
-    opt = T.make_optimizer("adam", 1e-3)
+    opt = optimizer or T.make_optimizer("adam", LR)
     params0 = init_params(jax.random.key(seed))
     state = T.create_train_state(lambda key: params0, opt, seed=seed, ema_names=tuple(specs),
                                  init_extra=init_extra)
-    step = T.make_train_step(loss_fn, opt, specs, batch, loss_takes_state=True)
+    step = T.make_train_step(loss_fn, opt, specs, batch, loss_takes_state=True,
+                             update_extra=update_extra)
 
     def body(st, k):
         st, met = step(st, draw(k, batch))
@@ -114,6 +128,15 @@ def fit(loss_fn, init_params, specs, draw, steps, batch, seed=0, init_extra=None
         done += n
     jax.block_until_ready(state.params)
     return params0, state, time.perf_counter() - t0, np.concatenate(losses)
+
+
+def fit_method(built: Built, draw, steps, seed=0):
+    """:func:`fit` of ``built``: its method's loss, initial parameters and extra state, its
+    EMAs and its optimizer."""
+    m = built.method
+    return fit(m.loss, m.init_params or built.setup.network.init, built.ema_specs, draw, steps,
+               built.setup.batch_size, seed, init_extra=m.init_extra,
+               update_extra=m.update_extra, optimizer=built.optimizer)
 
 
 def coverage(x, means, radius=0.25):
@@ -139,11 +162,11 @@ def toy_config(process, width, depth, **model_kw):
 # ----------------------------------------------------------------------------------------------
 
 
-def consistency_fn(net, process):
-    """``f_theta(params, x, t)`` as the library's CD/CT methods build it."""
+def consistency_fn(network):
+    """``f_theta(params, x, t, cond, dropout_key)`` as the library's CD/CT methods build it
+    (:func:`diffjax.methods.consistency_function`)."""
     def f(params, x, t, cond=None, key=None):
-        return methods.consistency_function(net, params, process, train=key is not None,
-                                            key=key)(x, t, cond)
+        return consistency_function(network, params, train=key is not None, key=key)(x, t, cond)
     return f
 
 
@@ -154,17 +177,17 @@ def check_cm(tiny):
     n = 1000 if tiny else 10_000
     ref = np.asarray(jax.jit(gmm.sample_data, static_argnums=1)(jax.random.key(123), 20 * n))
     c = toy_config("edm", 32 if tiny else 256, 1 if tiny else 3, precond="edm", sigma_data=sd)
-    s = setup(c, 64 if tiny else 512, 2)
-    process = s["process"]
-    f = consistency_fn(s["net"], process)
+    network, batch = network_of(c), 64 if tiny else 512
+    process = network.process
+    f = consistency_fn(network)
 
     def evaluate(params):
-        model = jax.tree_util.Partial(lambda p, x, t, cond=None: f(p, x, t, cond), params)
+        model = consistency_function(network, params)  # a pytree: the weights are traced
         key = jax.random.key(7)
-        x1 = jax.jit(lambda m, k: few_step.consistency_onestep(
-            m, k, (n, 2), process=process, clip=False))(model, key)
-        x2 = jax.jit(lambda m, k: few_step.stochastic_iterative_sampler(
-            m, k, (n, 2), [0, 9, 17], 18, process=process, clip=False))(model, key)
+        x1 = few_step.consistency_sample(model, key, (n, 2), process=process, clip=False,
+                                         mesh=None)
+        x2 = few_step.consistency_sample(model, key, (n, 2), process=process, ts=(0, 9, 17),
+                                         steps=18, clip=False, mesh=None)
         cov, hit = coverage(x1, means)
         sw = lambda x: dj.analytic.sliced_wasserstein(np.asarray(x), ref)
         return dict(coverage=cov, modes_hit=hit, sw1_1=sw(x1), sw1_2=sw(x2))
@@ -220,8 +243,8 @@ def check_cm(tiny):
             return cm.consistency_loss(f, params, None, key, b["image"],
                                        num_scales=sched.num_scales(state.step), mode="ct", **kw)
 
-        params0, state, secs, _ = fit(loss_fn, s["init_params"], specs, unlabelled(gmm), steps,
-                                      s["batch_size"])
+        params0, state, secs, _ = fit(loss_fn, network.init, specs, unlabelled(gmm), steps,
+                                      batch)
         r0, r = evaluate(params0), evaluate(state.ema["eval"])
         rows.append(dict(method=label, steps=steps, train_s=secs, sw1_init=r0["sw1_1"], **r,
                          sw1_1_online=evaluate(state.params)["sw1_1"],
@@ -275,14 +298,13 @@ def check_shortcut(tiny):
     sw2 = lambda x: dj.analytic.sliced_wasserstein(np.asarray(x), ref, p=2)
     rows, key = [], jax.random.key(7)
     # the naive flow model: flow matching with the same network (d input unused) and steps
-    c = toy_config("linear", width, depth, prediction="velocity")
-    s = setup(c, B, 2)
+    network = network_of(toy_config("linear", width, depth, prediction="velocity"))
     lossf = lambda p, k, b, st: dj.losses.flow_matching_loss(
-        s["net"].bind(p), k, b["image"], process=s["process"], prediction="velocity")
-    _, st, secs, _ = fit(lossf, s["init_params"], {}, unlabelled(gmm), steps, B)
-    x = dj.sample(jax.tree_util.Partial(lambda p, x, t, cond=None: s["net"].bind(p)(x, t, cond),
-                                        st.ema["eval"]), key, (n, 2), dj.uniform_grid(1),
-                  dj.samplers.Euler(), process=s["process"], prediction="velocity", mesh=None)
+        network.bind(p), k, b["image"], process=network.process, prediction="velocity")
+    _, st, secs, _ = fit(lossf, network.init, {}, unlabelled(gmm), steps, B)
+    x = dj.sample(network.bind(st.ema["eval"]), key, (n, 2), dj.uniform_grid(1),
+                  dj.samplers.Euler(), process=network.process, prediction="velocity",
+                  mesh=None)
     naive = sw2(x)
     rows.append(dict(method="naive flow model, 1 Euler step", steps=steps, train_s=secs,
                      sw2_1=naive, coverage=coverage(x, means)[0], modes_hit=coverage(x, means)[1]))
@@ -292,19 +314,17 @@ def check_shortcut(tiny):
         c = toy_config("linear", width, depth, second_scalar=True, time_input="sit")
         c.method = dict(name="shortcut", denoise_timesteps=128, bootstrap_every=8,
                         bootstrap_ema=ema, **({"bootstrap_ema_decay": 0.999} if ema else {}))
-        s = setup(c, B, 2)
-        m = methods.build_method(c, s)
-        _, st, secs, _ = fit(m.loss_fn, s["init_params"], m.ema_specs, unlabelled(gmm), steps, B)
+        built = setup(c, B, 2)
+        _, st, secs, _ = fit_method(built, unlabelled(gmm), steps)
         out = {}
         for k_steps in (1, 2, 4, 128):
-            c2 = ml_collections.ConfigDict(c.to_dict())
+            c2 = ml_collections.ConfigDict(built.config.to_dict())
             c2.method.sample_steps = k_steps
-            m2 = methods.build_method(c2, s)
-            smp = lambda p, k, m2=m2: m2.sample(p, k, n, None)
-            out[k_steps] = np.asarray((jax.jit(smp) if k_steps <= 4 else smp)(
-                st.ema["eval"], key))
+            m2 = build_method(c2, built.setup)
+            # (every sampler runs in the library's jitted scan driver)
+            out[k_steps] = np.asarray(m2.sample(st.ema["eval"], key, n, None))
             if k_steps == 1:
-                online = sw2(jax.jit(smp)(st.params, key))
+                online = sw2(m2.sample(st.params, key, n, None))
         cov, hit = coverage(out[1], means)
         r = dict(method=label, steps=steps, train_s=secs, coverage=cov, modes_hit=hit,
                  **{f"sw2_{k}": sw2(v) for k, v in out.items()}, sw2_1_online=online)
@@ -343,18 +363,16 @@ def check_imm(tiny):
         c = toy_config("linear", width, depth, second_scalar=True, time_input="t",
                        time_scale=1.0)
         c.method = dict(name="imm", group_size=M, kind="euler_fm", k=12, a=1.0, b=4.0, T=0.994)
-        s = setup(c, B, 2)
-        m = methods.build_method(c, s)
-        _, st, secs, losses = fit(m.loss_fn, s["init_params"], m.ema_specs, unlabelled(gmm),
-                                  steps, B)
+        built = setup(c, B, 2)
+        _, st, secs, losses = fit_method(built, unlabelled(gmm), steps)
         first = float(np.mean(losses[: max(1, len(losses) // 100)]))
         last = float(np.mean(losses[-max(1, len(losses) // 10):]))
         out = {}
         for k_steps in (1, 2, 4):
-            c2 = ml_collections.ConfigDict(c.to_dict())
+            c2 = ml_collections.ConfigDict(built.config.to_dict())
             c2.method.sample_steps = k_steps
-            m2 = methods.build_method(c2, s)
-            smp = jax.jit(lambda p, k, m2=m2: m2.sample(p, k, n, None))
+            m2 = build_method(c2, built.setup)
+            smp = lambda p, k, m2=m2: m2.sample(p, k, n, None)  # the jitted scan driver
             out[k_steps] = np.asarray(smp(st.ema["eval"], key))
             if k_steps == 1:
                 online = toy_metrics.mmd(np.asarray(smp(st.params, key)), ref, bandwidth=0.5)
@@ -412,10 +430,9 @@ def check_mg(tiny):
     c.ema = dict(ema=0.99)
     c.method = dict(name="mg", omega=omega, mg_high=0.75, start_step=steps // 4, drop_prob=0.1,
                     guide_ema="ema", sampler="euler", sample_steps=100, sample_t_last=0.01)
-    s = setup(c, B, 1)
-    mth = methods.build_method(c, s)
-    _, st, secs, _ = fit(mth.loss_fn, s["init_params"], {"ema": T.EMASpec(decay=0.99)}, draw,
-                         steps, B)
+    built = setup(c, B, 1)  # EMAs: config.ema's guide (0.99) and fit's 'eval'
+    mth = built.method
+    _, st, secs, _ = fit_method(built, draw, steps)
     # the learned conditional velocity on the training distribution inside the window
     # (t in [0.05, 0.75): below 0.05 every velocity is dominated by the 1/t of the data term)
     n = 2000 if tiny else 20_000
@@ -424,7 +441,7 @@ def check_mg(tiny):
     t = jax.random.uniform(k2, (n,), minval=0.05, maxval=0.75)
     x_t = (1 - t)[:, None] * b["image"] + t[:, None] * jax.random.normal(k3, (n, 1))
     vc, vu = exact_v(x_t, t, b["label"]), exact_v(x_t, t, jnp.full((n,), null))
-    v_learn = s["net"].bind(st.ema["ema"])(x_t, t, b["label"])
+    v_learn = built.setup.network.bind(st.ema["ema"])(x_t, t, b["label"])
     y = jnp.ones((n,), jnp.int32)
     x_mg = mth.sample(st.ema["ema"], jax.random.key(9), n, y)
     mean_mg = float(np.mean(np.asarray(x_mg)))

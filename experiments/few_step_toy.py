@@ -1,9 +1,10 @@
 """Few-step generation on a 2-D Gaussian mixture: every method against a diffusion baseline.
 
 Same network (:class:`diffjax.models.ToyMLP`, one width and depth for all), same batch and the
-same number of optimizer steps for every method; each method is trained through
-:func:`diffjax.methods.build_method` (the code path of ``python -m diffjax train`` with a
-``method`` section), with the library's losses and samplers:
+same number of optimizer steps for every method; each method is built from its config by
+:func:`diffjax.run.build.build` (the code path of ``python -m diffjax train``: plain diffusion
+from a ``loss`` section, a few-step method from a ``method`` section) and trained with the
+library's train step, losses and samplers:
 
 * EDM diffusion baseline (Karras et al. 2022) sampled with 50 Heun steps (99 NFE) and with ONE
   Euler step; a flow-matching baseline (Lipman et al. 2023) with 100 and 1 Euler steps;
@@ -42,16 +43,18 @@ import ml_collections
 import numpy as np
 
 import diffjax as dj
-from diffjax import experiment as E
-from diffjax import methods
 from diffjax import train as T
 from diffjax.guidance import ClassifierFreeGuidance
+from diffjax.run.build import Built, build, build_method
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # evaluation EMA: 0.999 averages in the first ~1000 of a few thousand steps (SW1 of a
 # flow-matching baseline: 0.088 with the 0.999 EMA after 2000 steps, 0.038 with the weights)
 EVAL_EMA = 0.995
+
+# Adam's learning rate (cosine decay over the run), shared by every method
+LR = 1e-3
 
 # 8 modes on a ring: per-coordinate std ~0.5 = sigma_data of every parameterisation used here
 RADIUS, MODE_STD, NUM_MODES = 0.7, 0.05, 8
@@ -134,41 +137,30 @@ OMEGA = 1.45
 MG_FIXED_POINT = 1.0 / (2.0 - OMEGA)
 
 
-def setup(config, batch_size, seed=0):
-    """What :func:`diffjax.experiment._setup` gives a method, for in-memory mixture data."""
-    k = int(config.model.get("num_classes", 0))
-    s = E.model_setup(config, (2,), has_label=bool(k))
-    return dict(s, batch_size=batch_size, seed=seed, source=None)
+def setup(config, batch_size, seed=0, teacher=None) -> Built:
+    """The run layer's :class:`~diffjax.run.build.Built` of ``config`` for the in-memory
+    mixture (no data set is opened; examples of shape ``(2,)``, labelled when the network is
+    class-conditional): ``config`` completed with the batch, the seed and the optimizer every
+    method here shares (Adam :data:`LR`, cosine decay over ``train.num_steps``). ``teacher``:
+    CD's in-memory ``(bind, params)`` teacher."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed = int(seed)
+    c.data = dict(name="in-memory Gaussian mixture", batch_size=int(batch_size))
+    c.optim = dict(name="adam", lr=LR, schedule="cosine")
+    labelled = bool(c.model.get("num_classes", 0))
+    return build(c, data=False, x_shape=(2,), has_label=labelled, teacher=teacher)
 
 
-def bound(net, params):
-    """``model(x, t, cond)`` as a pytree (parameters traced by the sampler, not baked in)."""
-    return jax.tree_util.Partial(lambda p, x, t, cond=None: net.bind(p)(x, t, cond), params)
-
-
-def plain_loss(config, s):
-    """The trainer's ordinary (no ``method``) loss: a ``diffjax.losses`` function bound to the
-    network, as :func:`diffjax.experiment.train` does."""
-    lcfg = dict(config.loss)
-    loss = E.LOSSES[lcfg.pop("name")]
-    prediction = E._prediction(config.model, config.loss.name)
-
-    def loss_fn(params, key, batch, state=None):
-        return loss(s["net"].bind(params), key, batch["image"], process=s["process"],
-                    prediction=prediction, **lcfg)
-
-    return loss_fn
-
-
-def train(config, s, loss_fn, ema_specs, init_params, gmm, steps, lr, seed, chunk=500,
-          init_extra=None):
-    """Adam with a cosine decay, batch ``s['batch_size']``, fresh mixture draws each step;
-    returns (state, secs, final loss)."""
-    opt = T.make_optimizer("adam", lr, schedule="cosine", total_steps=steps)
-    state = T.create_train_state(init_params, opt, seed=seed, ema_names=tuple(ema_specs),
-                                 init_extra=init_extra)
-    step = T.make_train_step(loss_fn, opt, ema_specs, s["batch_size"], loss_takes_state=True)
-    B, labelled = s["batch_size"], s["has_label"]
+def train(built: Built, gmm, steps, chunk=500):
+    """``built``'s method through the library's train step: its optimizer, EMAs and initial
+    state, batch ``built.setup.batch_size`` of fresh mixture draws each step; returns
+    (state, secs, final loss)."""
+    method = built.method
+    state = built.init_state()
+    B = built.setup.batch_size
+    step = T.make_train_step(method.loss, built.optimizer, built.ema_specs, B,
+                             loss_takes_state=True, update_extra=method.update_extra)
+    labelled = built.setup.num_classes is not None
 
     def body(st, k):
         b = labelled_batch(gmm, k, B)
@@ -180,7 +172,7 @@ def train(config, s, loss_fn, ema_specs, init_params, gmm, steps, lr, seed, chun
     # chunks of scanned steps: one compile per chunk length, no per-step dispatch
     run = jax.jit(lambda st, keys: jax.lax.scan(body, st, keys), donate_argnums=0)
     t0, losses, done = time.perf_counter(), [], 0
-    key = jax.random.key(seed + 100)
+    key = jax.random.key(built.seed + 100)
     while done < steps:
         n = min(chunk, steps - done)
         state, ls = run(state, jax.random.split(jax.random.fold_in(key, done), n))
@@ -204,7 +196,7 @@ def run(tiny: bool = False, out: Path | None = None, seed: int = 0,
     steps = steps or (20 if tiny else 8000)
     B = 64 if tiny else 256
     n_eval, n_ref = (256, 2000) if tiny else (10_000, 200_000)
-    lr = 1e-3
+    lr = LR
     gmm = mixture()
     draw = jax.jit(gmm.sample_data, static_argnums=1)  # one compile, not one per eager op
     ref = np.asarray(draw(jax.random.key(123), n_ref))
@@ -228,14 +220,12 @@ def run(tiny: bool = False, out: Path | None = None, seed: int = 0,
     # --tiny skips what no other row needs (the FM baseline, CT, a separate CFG baseline, the
     # unguided row): it checks the pipeline in seconds, the numbers mean nothing
     for name in ("edm",) if tiny else ("edm", "fm"):
-        c = cfgs[name]
-        s = setup(c, B, seed)
+        b = setup(cfgs[name], B, seed)
         print(f"training {name} ({steps} steps)")
-        state, secs, loss = train(c, s, plain_loss(c, s), {"ema": T.EMASpec(decay=EVAL_EMA)},
-                                  s["init_params"], gmm, steps, lr, seed)
-        trained[name] = (s, state)
-        model = bound(s["net"], state.ema["ema"])
-        proc = s["process"]
+        state, secs, loss = train(b, gmm, steps)
+        trained[name] = (b, state)
+        model = b.setup.network.bind(state.ema["ema"])
+        proc = b.setup.process
         shape = (n_eval, 2)
         if name == "edm":
             many = 4 if tiny else 50
@@ -253,7 +243,7 @@ def run(tiny: bool = False, out: Path | None = None, seed: int = 0,
                 add("FM", f"Euler {n} step{'s' if n > 1 else ''}", n, x, secs, loss)
 
     # few-step methods ----------------------------------------------------------------------
-    edm_s, edm_state = trained["edm"]
+    edm_b, edm_state = trained["edm"]
     cm_samplers = [("1 step", dict(sample_ts=(0,))),
                    ("2 steps, ts [0, 9, 17] of 18", dict(sample_ts=(0, 9, 17), sample_grid=18))]
     sc_samplers = [(f"{n} step{'s' if n > 1 else ''}", dict(sample_steps=n))
@@ -288,40 +278,33 @@ def run(tiny: bool = False, out: Path | None = None, seed: int = 0,
         d["method"].update(over)
         # None removes a base key the variant does not read (e.g. CT's mu0 under iCT)
         d["method"] = {k: v for k, v in d["method"].items() if v is not None}
-        c = ml_collections.ConfigDict(d)
-        s = setup(c, B, seed)
-        teacher = (edm_s["net"], edm_state.ema["ema"]) if name == "cd" else None
-        m = methods.build_method(c, s, teacher=teacher)
-        ema_specs = {"ema": T.EMASpec(decay=EVAL_EMA), **m.ema_specs}
+        # CD's teacher: the EDM baseline's network and EMA weights, in memory
+        teacher = (edm_b.setup.network.bind, edm_state.ema["ema"]) if name == "cd" else None
+        b = setup(ml_collections.ConfigDict(d), B, seed, teacher=teacher)
         print(f"training {label} ({steps} steps)")
-        state, secs, loss = train(c, s, m.loss_fn, ema_specs, m.init_params or s["init_params"],
-                                  gmm, steps, lr, seed, init_extra=m.init_extra)
+        state, secs, loss = train(b, gmm, steps)
         for text, kw in samplers:
-            c2 = ml_collections.ConfigDict(c.to_dict())
+            c2 = ml_collections.ConfigDict(b.config.to_dict())
             c2.method.update(kw)
-            m2 = methods.build_method(c2, s, teacher=teacher)
-            smp = lambda p, k, m2=m2: m2.sample(p, k, n_eval, None)
-            # few steps: one compile beats op-by-op dispatch; 128 unrolled steps: eager
-            x = (jax.jit(smp) if m2.nfe <= 4 else smp)(state.ema["ema"], key)
+            m2 = build_method(c2, b.setup, teacher=teacher)
+            # every sampler runs in the library's jitted scan driver: no jit needed here
+            x = m2.sample(state.ema["ema"], key, n_eval, None)
             add(label, text, m2.nfe, x, secs, loss, note)
 
     # model guidance --------------------------------------------------------------------------
     guided = {}
     for name in ("mg", "cfg_base"):
         c = cfgs[name]
-        s = setup(c, B, seed)
-        m = methods.build_method(c, s)
+        b = setup(c, B, seed)
         if name == "mg" or not tiny:
             print(f"training {name} ({steps} steps)")
-            state, secs, loss = train(c, s, m.loss_fn, {"ema": T.EMASpec(decay=EVAL_EMA)},
-                                      s["init_params"], gmm, steps, lr, seed)
+            state, secs, loss = train(b, gmm, steps)
         y = jnp.arange(n_eval, dtype=jnp.int32) % NUM_MODES
         if name == "mg":
-            x = m.sample(state.ema["ema"], key, n_eval, y)
-            guided["mg"] = (np.asarray(x), secs, loss, m.nfe)
+            x = b.method.sample(state.ema["ema"], key, n_eval, y)
+            guided["mg"] = (np.asarray(x), secs, loss, b.method.nfe)
         else:  # (--tiny: the MG model stands in for the baseline)
-            net = s["net"]
-            model = bound(net, state.ema["ema"])
+            model = b.setup.network.bind(state.ema["ema"])
             n = c.method.sample_steps
             scales = ((MG_FIXED_POINT, "cfg"),) if tiny else (
                 (1.0, "cond"), (OMEGA, "cfg_omega"), (MG_FIXED_POINT, "cfg"))
@@ -330,7 +313,8 @@ def run(tiny: bool = False, out: Path | None = None, seed: int = 0,
                 mdl = model if w == 1.0 else ClassifierFreeGuidance(
                     model, w, interval=(0.0, c.method.mg_high), null_label=NUM_MODES)
                 x = dj.sample(mdl, key, (n_eval, 2), dj.uniform_grid(n), S_euler(),
-                              process=s["process"], prediction="velocity", cond=y, mesh=None)
+                              process=b.setup.process, prediction="velocity", cond=y,
+                              mesh=None)
                 guided[key_name] = (np.asarray(x), secs, loss, n * (1 if w == 1.0 else 2))
     n = cfgs["mg"].method.sample_steps
     cfg_x = guided["cfg"][0]

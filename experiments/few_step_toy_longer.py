@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import few_step_toy as F  # noqa: E402  (the same setup, training loop and evaluation)
 
 import diffjax as dj  # noqa: E402
-from diffjax import methods  # noqa: E402
-from diffjax import train as T  # noqa: E402
+from diffjax.run.build import build_method  # noqa: E402
 
 CM = [("1 step", dict(sample_ts=(0,))),
       ("2 steps, ts [0, 9, 17] of 18", dict(sample_ts=(0, 9, 17), sample_grid=18))]
@@ -55,7 +54,7 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma-separated substrings of variant names")
     args = ap.parse_args(argv)
     only = [w for w in args.only.split(",") if w]
-    B, lr, width, depth, n_eval = 256, 1e-3, 128, 3, 10_000
+    B, width, depth, n_eval = 256, 128, 3, 10_000
     gmm = F.mixture()
     draw = jax.jit(gmm.sample_data, static_argnums=1)
     ref = np.asarray(draw(jax.random.key(123), 200_000))
@@ -68,15 +67,14 @@ def main(argv=None):
     rows = []
 
     # the EDM baseline for the same number of steps
-    c = cfgs["edm"]
-    s = F.setup(c, B, 0)
-    state, secs, _ = F.train(c, s, F.plain_loss(c, s), {"ema": T.EMASpec(decay=F.EVAL_EMA)},
-                             s["init_params"], gmm, args.steps, lr, 0)
-    model = F.bound(s["net"], state.ema["ema"])
+    b = F.setup(cfgs["edm"], B, 0)
+    state, secs, _ = F.train(b, gmm, args.steps)
+    model = b.setup.network.bind(state.ema["ema"])
+    proc = b.setup.process
     for n, st, label, nfe in ((50, F.S_heun(), "Heun 50 steps (Karras)", 99),
                               (1, F.S_euler(), "Euler 1 step", 1)):
-        x = dj.sample(model, key, (n_eval, 2), dj.karras_grid(s["process"], n), st,
-                      process=s["process"], prediction="x0", mesh=None)
+        x = dj.sample(model, key, (n_eval, 2), dj.karras_grid(proc, n), st, process=proc,
+                      prediction="x0", mesh=None)
         rows.append(dict(method="EDM", sampler=label, nfe=nfe, sw1=sw(x), train_s=secs))
         print(rows[-1], flush=True)
     for label, (name, over, samplers) in VARIANTS.items():
@@ -86,18 +84,13 @@ def main(argv=None):
         d["method"].update(over)
         # None removes a key of the base config the variant does not use (e.g. CT's mu0)
         d["method"] = {k: v for k, v in d["method"].items() if v is not None}
-        c = ml_collections.ConfigDict(d)
-        s = F.setup(c, B, 0)
-        m = methods.build_method(c, s)
-        state, secs, _ = F.train(c, s, m.loss_fn, {"ema": T.EMASpec(decay=F.EVAL_EMA),
-                                                   **m.ema_specs},
-                                 m.init_params or s["init_params"], gmm, args.steps, lr, 0,
-                                 init_extra=m.init_extra)
+        b = F.setup(ml_collections.ConfigDict(d), B, 0)
+        state, secs, _ = F.train(b, gmm, args.steps)
         for text, kw in samplers:
-            c2 = ml_collections.ConfigDict(c.to_dict())
+            c2 = ml_collections.ConfigDict(b.config.to_dict())
             c2.method.update(kw)
-            m2 = methods.build_method(c2, s)
-            x = jax.jit(lambda p, k, m2=m2: m2.sample(p, k, n_eval, None))(state.ema["ema"], key)
+            m2 = build_method(c2, b.setup)
+            x = m2.sample(state.ema["ema"], key, n_eval, None)  # the jitted scan driver
             rows.append(dict(method=label, sampler=text, nfe=m2.nfe, sw1=sw(x), train_s=secs))
             print(rows[-1], flush=True)
     out_json = Path(args.out + ".json")

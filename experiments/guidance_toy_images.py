@@ -49,7 +49,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 import diffjax as dj
 from diffjax import guidance as G
@@ -57,6 +56,7 @@ from diffjax import samplers as S
 from diffjax import train as T
 from diffjax.data.embedded import load_digits
 from diffjax.metrics import fit_classifier
+from diffjax.models.denoiser import Network
 from diffjax.utils.png import image_grid, save_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -118,27 +118,12 @@ def load() -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _split(make):
-    abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
-    graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree_util.tree_leaves(rest):
-        rest = nnx.state(make(nnx.Rngs(0)), nnx.Not(nnx.Param))
-    return graphdef, rest
-
-
-def _bind(graphdef, rest, params, process):
-    """``(x, t, cond)`` in diffjax time over ``net(x, ddpm_index, cond)``."""
-    net = nnx.merge(graphdef, params, rest)
-    conv = dj.adapters.time_input("ddpm_index", process, process.num_steps)
-    return lambda x, t, cond=None: net(x, conv(jnp.asarray(t, jnp.float32)), cond)
-
-
 def train_model(make, loss, arrays: dict, steps: int, cfg: dict, seed: int, name: str):
     """Train ``make(rngs)`` for ``steps`` Adam steps on random batches of ``arrays``;
-    ``loss(model, key, batch) -> (per_example, aux)``. Returns the EMA weights as a
-    :class:`diffjax.models.denoiser.Denoiser`-ready NNX module (``'ddpm_index'`` time)."""
-    process = cfg["process"]
-    graphdef, rest = _split(make)
+    ``loss(model, key, batch) -> (per_example, aux)`` with ``model(x, t, cond)`` in diffjax
+    time over the network's DDPM index. Returns the EMA weights bound into that model (a
+    :class:`~diffjax.models.denoiser.Denoiser` pytree) and the training summary."""
+    network = Network(make, cfg["process"], time_input="ddpm_index")
     opt = T.make_optimizer("adam", cfg["lr"], warmup_steps=min(100, steps // 10),
                            grad_clip=1.0)
     # EDM's half-life EMA with ramp-up (Karras et al. 2022): tracks the weights early, so a
@@ -147,10 +132,9 @@ def train_model(make, loss, arrays: dict, steps: int, cfg: dict, seed: int, name
     batch = cfg["batch"]
 
     def loss_fn(params, key, b):
-        return loss(_bind(graphdef, rest, params, process), key, b)
+        return loss(network.bind(params), key, b)
 
-    init = lambda k: nnx.state(make(nnx.Rngs(k)), nnx.Param)
-    state = T.create_train_state(init, opt, seed=seed, ema_names=("ema",))
+    state = T.create_train_state(network.init, opt, seed=seed, ema_names=("ema",))
     step = T.jit_train_step(T.make_train_step(loss_fn, opt, ema, batch))
     rng = np.random.default_rng(seed)
     n = len(next(iter(arrays.values())))
@@ -162,8 +146,8 @@ def train_model(make, loss, arrays: dict, steps: int, cfg: dict, seed: int, name
     losses = np.asarray(jax.device_get(losses), np.float64)
     tail = float(losses[-max(1, steps // 10):].mean())
     print(f"  {name}: {steps} steps in {time.time() - t0:.1f}s, final loss {tail:.4f}")
-    module = nnx.merge(graphdef, state.ema["ema"], rest)
-    return module, {"steps": steps, "final_loss": tail, "seconds": time.time() - t0}
+    return network.bind(state.ema["ema"]), {"steps": steps, "final_loss": tail,
+                                            "seconds": time.time() - t0}
 
 
 def _label_dropout(key, y, p):
@@ -235,7 +219,7 @@ def run(tiny: bool, out: Path, seed: int = 0) -> dict:
         y = _label_dropout(k_drop, b["label"], 0.2)
         return dj.losses.ddpm_loss(model, k, b["image"], process=process, cond=y)
 
-    cond_net, res["train"]["conditional_unet"] = train_model(
+    den, res["train"]["conditional_unet"] = train_model(
         make_cond, cond_loss, {"image": d["x"], "label": d["y"]}, cfg["steps"]["cond"], cfg,
         seed, "class-conditional UNet (label dropout 0.2)")
 
@@ -246,7 +230,7 @@ def run(tiny: bool, out: Path, seed: int = 0) -> dict:
         return dj.losses.noisy_classifier_loss(lambda x, t: model(x, t), key, b["image"],
                                                b["label"], process=process)
 
-    clf_net, res["train"]["noisy_classifier"] = train_model(
+    clf_den, res["train"]["noisy_classifier"] = train_model(
         make_clf, clf_loss, {"image": d["x"], "label": d["y"]}, cfg["steps"]["clf"], cfg,
         seed + 1, "ADM noise-aware classifier")
 
@@ -257,7 +241,7 @@ def run(tiny: bool, out: Path, seed: int = 0) -> dict:
         return dj.losses.ddpm_loss(G.SRConditioned(model), key, high, process=process,
                                    cond=low)
 
-    sr_net, res["train"]["sr_unet"] = train_model(
+    sr_model, res["train"]["sr_unet"] = train_model(
         make_sr, sr_loss, {"image": d["x"]}, cfg["steps"]["sr"], cfg, seed + 2,
         "2x super-resolution UNet (concatenation)")
 
@@ -267,12 +251,10 @@ def run(tiny: bool, out: Path, seed: int = 0) -> dict:
     def col_loss(model, key, b):
         return dj.losses.ddpm_loss(model, key, b["image"], process=process)
 
-    col_net, res["train"]["colour_unet"] = train_model(
+    col_den, res["train"]["colour_unet"] = train_model(
         make_col, col_loss, {"image": colour}, cfg["steps"]["colour"], cfg, seed + 3,
         "unconditional UNet on colour digits")
 
-    den = dj.models.as_denoiser(cond_net, "ddpm_index")
-    clf_den = dj.models.as_denoiser(clf_net, "ddpm_index")
     grid, ddim = ddim_grid(cfg["ddim_steps"]), S.DDIM(0.0)
 
     # ---------------------------------------------------------------- CFG (incl. w = -1, 0)
@@ -354,7 +336,6 @@ def run(tiny: bool, out: Path, seed: int = 0) -> dict:
     # ---------------------------------------------------------------- colourisation
     col_truth = colour_digits(truth, ytrue)
     grey = col_truth.mean(-1)  # (B, 8, 8) = 0.6 x
-    col_den = dj.models.as_denoiser(col_net, "ddpm_index")
     cs = _sample(col_den, (ni, 8, 8, 3), agrid, G.colorization(anc, grey), cfg, seed + 30)
     grey3 = np.repeat(grey[..., None], 3, -1)
     chroma = chroma_vectors()
@@ -382,7 +363,7 @@ def run(tiny: bool, out: Path, seed: int = 0) -> dict:
     # ---------------------------------------------------------------- super-resolution
     low, _ = G.sr_pairs(jnp.asarray(truth), 2)
     bil = np.asarray(G.upsample(low, (8, 8)))
-    sr_den = G.SRConditioned(dj.models.as_denoiser(sr_net, "ddpm_index"))
+    sr_den = G.SRConditioned(sr_model)
     srs = _sample(sr_den, ishape, grid, ddim, cfg, seed + 40, cond=low)
     low_np = np.asarray(low)
 

@@ -8,7 +8,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite is dominated by XLA compilation of small programs; skipping most XLA optimisation
-# passes compiles them 1.5-3x faster (ENVIRONMENT.md) and the tiny test models run fast enough.
+# passes compiles them 1.5-3x faster on CPU and the tiny test models still run fast enough.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
@@ -25,7 +25,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import diffjax as dj  # noqa: E402
 
-# spec_classic.md section 14: gmm_small (data inside [-1, 1]) and gmm_smooth (stds 0.3).
+# gmm_small: a 3-component 2-D mixture with data inside [-1, 1]; gmm_smooth: the same with
+# every std 0.3.
 GMM_WEIGHTS = (0.3, 0.5, 0.2)
 GMM_MEANS = ((-0.6, -0.3), (0.5, 0.4), (0.0, 0.8))
 GMM_STDS = (0.10, 0.15, 0.05)

@@ -1,12 +1,15 @@
-"""Consistency models, shortcut models, IMM and model guidance: spec_modern.md §2c, §3c, §4c, §8c.
+"""Consistency models (§2), shortcut models (§3), IMM (§4) and model guidance (§8), and the
+few-step samplers through the scan driver.
 
 Closed-form oracles only (Gaussian data); no training. Tolerances are stated next to each
-check: float64 reproductions of the spec's [computed] numbers, float32 identities at a few
-ulps, Monte-Carlo moments at 4-5 standard errors.
+check: float64 reproductions of closed-form numbers (the vectors below were computed in float64
+from the papers' formulas), float32 identities at a few ulps, Monte-Carlo moments at 4-5
+standard errors.
 """
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,11 +17,18 @@ import pytest
 from _scripts import load_script
 
 import diffjax as dj
+from diffjax.grids import karras_sigma
 from diffjax.losses import consistency as cm
 from diffjax.losses import imm
 from diffjax.losses import model_guidance as mg
 from diffjax.losses import shortcut as sc
-from diffjax.parameterization import ConsistencyPrecond, consistency_coeffs, convert
+from diffjax.parameterization import (
+    ConsistencyPrecond,
+    consistency_coeffs,
+    convert,
+    imm_coeffs,
+    imm_map,
+)
 from diffjax.processes import EDM, Linear
 from diffjax.samplers import few_step
 
@@ -51,7 +61,7 @@ def _finite_grads(g):
 
 
 def test_boundary_condition_and_coefficients():
-    # spec §2c.1: exact at sigma_min; [computed] values at sigma_max (float32: rtol 1e-5)
+    # exact at sigma_min; float64-computed values at sigma_max (float32: rtol 1e-5)
     c_skip, c_out, _, _ = consistency_coeffs(jnp.float32(SMIN))
     assert float(c_skip) == 1.0 and float(c_out) == 0.0
     c_skip, c_out, _, _ = consistency_coeffs(jnp.float32(SMAX))
@@ -69,7 +79,7 @@ def test_boundary_condition_and_coefficients():
                                (400_000, 0.999278, 143), (800_000, 0.999487, 201)]),
 ])
 def test_ct_schedule_vectors(setting, vectors):
-    # spec §2c.2 (code semantics, mu divides by N - 1); the spec prints 6 decimals
+    # reference-code semantics (mu divides by N - 1); vectors printed to 6 decimals
     K, s0, s1, mu0 = setting
     for k, mu, n in vectors:
         got_mu, got_n = cm.ct_schedule(k, K, s0, s1, mu0)
@@ -97,14 +107,15 @@ def _numpy_cd_errors(N):
 
 @pytest.mark.parametrize("N, spec_err", [(18, 2.0e-2), (40, 1.6e-3), (80, 2.0e-4), (160, 2.4e-5)])
 def test_cd_target_gaussian_oracle(N, spec_err):
-    """spec §2c.3. The relative error is a difference of nearly equal numbers (2e-5 at N=160),
-    so float32 cannot resolve it to 1e-6 of itself: the reproduction runs in float64
-    (``jax.enable_x64``) against an independent numpy float64 computation (rtol 1e-6), and
-    against the spec's 2-significant-digit values (rtol 2.5%: their rounding is <= 1.8%)."""
+    """CD's one-step error of the exact f* under Heun. The relative error is a difference of
+    nearly equal numbers (2e-5 at N=160), so float32 cannot resolve it to 1e-6 of itself: the
+    reproduction runs in float64 (``jax.enable_x64``) against an independent numpy float64
+    computation (rtol 1e-6), and against float64 values printed to 2 significant digits
+    (rtol 2.5%: their rounding is <= 1.8%)."""
     with jax.enable_x64(True):
         teacher = lambda x, t, cond: S**2 * x / (S**2 + (SMAX * t[:, None]) ** 2)
         n = jnp.arange(N - 1)
-        sig, sig2 = cm.cm_sigma(n, N), cm.cm_sigma(n + 1, N)
+        sig, sig2 = karras_sigma(n, N), karras_sigma(n + 1, N)
         assert sig.dtype == jnp.float64
         x = jnp.ones((N - 1, 1), jnp.float64)
         x2 = cm.cd_target(teacher, x, sig, sig2, process=EDM(), solver="heun")
@@ -117,7 +128,7 @@ def test_cd_target_gaussian_oracle(N, spec_err):
     # float32 resolves the error only to ~1e-7 absolute
     g = dj.analytic.Gaussian.create([0.0], [[S**2]], EDM())
     n = jnp.arange(N - 1)
-    sig, sig2 = cm.cm_sigma(n, N), cm.cm_sigma(n + 1, N)
+    sig, sig2 = karras_sigma(n, N), karras_sigma(n + 1, N)
     x = jnp.ones((N - 1, 1))
     x2 = cm.cd_target(g, x, sig, sig2, process=EDM())
     err32 = float(jnp.max(jnp.abs(_f_star(x2, sig2[:, None]) / _f_star(x, sig[:, None]) - 1)))
@@ -203,7 +214,7 @@ def test_consistency_bad_inputs():
     with pytest.raises(ValueError, match="total_steps"):
         cm.ct_schedule(0, 0)
     with pytest.raises(ValueError, match="ts"):
-        few_step.stochastic_iterative_sampler(apply, jax.random.key(0), (2, 1), [5, 3], 40)
+        few_step.consistency_sample(apply, jax.random.key(0), (2, 1), ts=[5, 3], steps=40)
 
 
 def test_consistency_sampling_with_exact_f():
@@ -211,19 +222,20 @@ def test_consistency_sampling_with_exact_f():
     # std 0.499990 (== 0.5 to 1e-5); MC error of std at n=100k: 0.5/sqrt(2n) = 1.1e-3
     model = lambda x, t, cond: _f_star(x, SMAX * t[:, None])
     n = 100_000
-    x = few_step.consistency_onestep(model, jax.random.key(0), (n, 1), clip=False)
+    x = few_step.consistency_sample(model, jax.random.key(0), (n, 1), clip=False)
     assert abs(float(jnp.mean(x))) < 5 * S / np.sqrt(n)
     assert abs(float(jnp.std(x)) - S) < 5 * S / np.sqrt(2 * n)
     # multistep [0, 22, 39] of 40 (ImageNet CD): exact std sqrt(s^2 + s_min^2)
-    x = few_step.stochastic_iterative_sampler(model, jax.random.key(1), (n, 1), [0, 22, 39], 40,
-                                              clip=False)
+    x = few_step.consistency_sample(model, jax.random.key(1), (n, 1), ts=(0, 22, 39), steps=40,
+                                    clip=False)
     assert abs(float(jnp.std(x)) - S) < 5 * S / np.sqrt(2 * n)
-    xc = few_step.consistency_onestep(model, jax.random.key(0), (64, 1))
+    xc = few_step.consistency_sample(model, jax.random.key(0), (64, 1))
     assert float(jnp.max(jnp.abs(xc))) <= 1.0
 
 
 # ---------------------------------------------------------------------------------------------
-# §3 shortcut models (paper time: t = 0 noise, t = 1 data)
+# §3 shortcut models: diffjax time (data at t = 0) on Linear(sigma_min=1e-5). The exact
+# oracles are written in the paper's time t' = 1 - t (data at t' = 1): s* = dx/dt' = -u*.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -232,7 +244,8 @@ def _sig_sc(t):
 
 
 def _s_star(x, t, level):
-    """Exact shortcut of N(0, s^2) data on the linear path (spec §3c.1)."""
+    """Exact shortcut of N(0, s^2) data on the linear path, paper time (t' = 1 is data): the
+    flow map from t' to t' + d is x -> x sigma(t' + d) / sigma(t'), so s* = (that - x) / d."""
     d = 2.0 ** (-level.astype(x.dtype))
     t, d = t[:, None], d[:, None]
     return x * (_sig_sc(t + d) / _sig_sc(t) - 1.0) / d
@@ -241,6 +254,11 @@ def _s_star(x, t, level):
 def _v_star(x, t):
     t = t[:, None]
     return x * (t * S**2 - (1.0 - t)) / _sig_sc(t) ** 2
+
+
+def _u_star(x, t, level):
+    """The same shortcut in diffjax time and velocity (dtype-preserving, for float64)."""
+    return -_s_star(x, 1.0 - t, level)
 
 
 def test_shortcut_level_allocation():
@@ -253,32 +271,60 @@ def test_shortcut_level_allocation():
         sc.bootstrap_levels(100, 128, 8)
     with pytest.raises(ValueError, match="denoise_timesteps"):
         sc.bootstrap_levels(256, 100, 8)
+    with pytest.raises(ValueError, match="Linear"):
+        sc.shortcut_targets(lambda *a: a[1], None, jax.random.key(0), jnp.ones((256, 1)),
+                            process=EDM())
+
+
+def test_shortcut_path_is_linear_with_sigma_min():
+    """The paper's x_t' = (1 - (1 - eps) t') x_noise + t' x_data is Linear(sigma_min=eps) at
+    t = 1 - t', and its velocity is minus the paper's flow target x_data - (1 - eps) x_noise."""
+    proc, eps = sc.SHORTCUT_PROCESS, 1e-5
+    assert isinstance(proc, Linear) and proc.sigma_min == eps
+    tp = jnp.linspace(0.0, 1.0, 129)
+    x, z = jax.random.normal(jax.random.key(0), (2, 129, 3))
+    np.testing.assert_allclose(proc.marginal(x, 1.0 - tp, z),
+                               (1 - (1 - eps) * tp)[:, None] * z + tp[:, None] * x,
+                               rtol=1e-6, atol=1e-6)
+    t = (1.0 - tp)[:, None]
+    u = proc.alpha_dot(t) * x + proc.sigma_dot(t) * z
+    np.testing.assert_allclose(u, -(x - (1 - eps) * z), rtol=1e-6, atol=1e-7)
 
 
 def test_shortcut_bootstrap_targets_match_exact_shortcut():
-    # spec §3c.1: with the exact s* as s_ema, (b1 + b2)/2 = s*(x, t, 2 d_half) for any x_t.
-    # s* = x (sigma(t+d)/sigma(t) - 1)/d loses ~log2(1/d) bits to cancellation, so the
-    # identity is checked in float64 (to 1e-9; the spec asks 1e-6) ...
-    apply = lambda p, x, t, lv, y: _s_star(x, t, lv)
+    # with the exact u* as u_ema, (u1 + u2)/2 = u*(x, t, 2 d_half) for any x_t.
+    # u* = -x (sigma(t'+d)/sigma(t') - 1)/d loses ~log2(1/d) bits to cancellation, so the
+    # identity is checked in float64 (to 1e-9) ...
+    apply = lambda p, x, t, lv, y: _u_star(x, t, lv)
     with jax.enable_x64(True):
         x1 = S * jax.random.normal(jax.random.key(0), (256, 3), jnp.float64)
         tg = jax.jit(lambda x: sc.shortcut_targets(apply, None, jax.random.key(1), x,
                                                    clip=None))(x1)
         bb = 32
         assert tg["target"].dtype == jnp.float64
-        exact = _s_star(tg["x_t"][:bb], tg["t"][:bb], tg["d_level"][:bb])
+        exact = _u_star(tg["x_t"][:bb], tg["t"][:bb], tg["d_level"][:bb])
         np.testing.assert_allclose(tg["target"][:bb], exact, rtol=1e-9, atol=1e-12)
-    # ... and in float32 against s* in float64 at the same inputs: the cancellation costs
+    # ... and in float32 against u* in float64 at the same inputs: the cancellation costs
     # ~1/d ulps of |x| (d >= 1/64, |x_t| < 5): atol 64 * 5 * 1.2e-7 * 4
     tg = jax.jit(lambda x: sc.shortcut_targets(apply, None, jax.random.key(1), x,
                                                clip=None))(x1.astype(jnp.float32))
     xt, t, lv = (np.asarray(tg[k][:bb], np.float64) for k in ("x_t", "t", "d_level"))
     d = 2.0 ** -lv[:, None]
     sg = lambda u: np.sqrt((1 - u) ** 2 + u**2 * S**2)
-    exact = xt * (sg(t[:, None] + d) / sg(t[:, None]) - 1) / d
+    exact = -xt * (sg(1 - t[:, None] + d) / sg(1 - t[:, None]) - 1) / d
     np.testing.assert_allclose(tg["target"][:bb], exact, atol=64 * 5 * 1.2e-7 * 4)
+    # bootstrap times are on the row's grid {d, 2d, ..., 1}; flow rows on {1/128, ..., 1}
+    assert float(jnp.max(jnp.abs(tg["t"][:bb] * 2.0 ** tg["d_level"][:bb] % 1))) == 0.0
+    assert float(jnp.min(tg["t"])) > 0.0 and float(jnp.max(tg["t"])) == 1.0
     assert int(tg["d_level"][bb]) == 7 and float(jnp.max(tg["t"][bb:] * 128 % 1)) == 0.0
-    # flow rows: v = x1 - (1 - 1e-5) x0, with x_t = (1 - (1-1e-5) t) x0 + t x1 on rows 0..B-bb-1
+    # flow rows: x_t = (1 - t) x + (t + eps (1 - t)) z, target u = (1 - eps) z - x, with the
+    # reference's draws (noise key = 3rd split of the key, rows 0..B-bb-1 of the batch)
+    z = jax.random.normal(jax.random.split(jax.random.key(1), 3)[2], x1.shape)
+    x32, tf = x1.astype(jnp.float32)[: 256 - bb], tg["t"][bb:, None]
+    np.testing.assert_allclose(tg["x_t"][bb:], (1 - tf) * x32 + (tf + 1e-5 * (1 - tf)) * z[:224],
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tg["target"][bb:], (1 - 1e-5) * z[:224] - x32, rtol=1e-6,
+                               atol=1e-6)
     assert tg["target"].shape == x1.shape and tg["labels"] is None
     # the exact shortcut is self-consistent and tends to v* as d -> 0 (float64 closed form)
     with jax.enable_x64(True):
@@ -306,15 +352,87 @@ def test_shortcut_bootstrap_cfg_rows():
     assert bool(jnp.any(tg["labels"][32:] == num_classes))
 
 
+def _paper_time_shortcut(apply_fn, params, key, x1, labels, num_classes, M, every, w, eps=1e-5,
+                         clip=4.0, drop_prob=0.1):
+    """The reference's get_targets + loss written in the paper's time (data at t' = 1, path
+    (1 - (1 - eps) t') x0 + t' x1, s = dx/dt'), as diffjax computed it before moving to diffjax
+    time: the independent check of the new loss."""
+    B, L = x1.shape[0], int(np.log2(M))
+    bb = B // every
+    per = bb // L
+    lv = jnp.asarray(np.r_[np.repeat(L - 1 - np.arange(L), per), np.zeros(bb - per * L)],
+                     jnp.int32)
+    label_key, time_key, noise_key = jax.random.split(key, 3)
+    cl = lambda v: jnp.clip(v, -clip, clip)
+    sections = 2**lv
+    t_b = jax.random.randint(time_key, (bb,), 0, sections).astype(jnp.float32) / sections
+    xb0 = jax.random.normal(noise_key, x1[:bb].shape)
+    x_t_b = (1 - (1 - eps) * t_b[:, None]) * xb0 + t_b[:, None] * x1[:bb]
+    half = 1.0 / 2.0 ** lv.astype(jnp.float32) / 2.0
+
+    def s_fn(x, t):
+        c = apply_fn(params, x, t, lv + 1, labels[:bb])
+        u = apply_fn(params, x[:per], t[:per], lv[:per] + 1, jnp.full((per,), num_classes))
+        return jnp.concatenate([u + w * (c[:per] - u), c[per:]], axis=0)
+
+    b1 = s_fn(x_t_b, t_b)
+    b2 = s_fn(cl(x_t_b + half[:, None] * b1), t_b + half)
+    tgt_b = cl(0.5 * (b1 + b2))
+    t_f = jax.random.randint(time_key, (B,), 0, M).astype(jnp.float32) / M
+    x0 = jax.random.normal(noise_key, x1.shape)
+    x_t_f = (1 - (1 - eps) * t_f[:, None]) * x0 + t_f[:, None] * x1
+    v = x1 - (1 - eps) * x0
+    drop = jax.random.bernoulli(label_key, drop_prob, (B,))
+    y = jnp.concatenate([labels[:bb], jnp.where(drop, num_classes, labels)[: B - bb]])
+    x_t = jnp.concatenate([x_t_b, x_t_f[: B - bb]])
+    t = jnp.concatenate([t_b, t_f[: B - bb]])
+    lvl = jnp.concatenate([lv, jnp.full((B - bb,), L, jnp.int32)])
+    target = jnp.concatenate([tgt_b, v[: B - bb]])
+    loss = jnp.mean((apply_fn(params, x_t, t, lvl, y) - target) ** 2, axis=1)
+    return loss, dict(x_t=x_t, t=t, d_level=lvl, target=target, labels=y)
+
+
+def test_shortcut_loss_equals_the_paper_time_computation():
+    """Same inputs, same keys: the diffjax-time loss on Linear(sigma_min=1e-5) with the network
+    behind adapters.FlippedVelocity equals the paper-time computation (targets negated, times
+    flipped, the loss itself unchanged), with bootstrap CFG and label dropout on."""
+    params = _mlp_init(jax.random.key(0), 4, 2)
+    paper = lambda p, x, tp, lv, y: _mlp(p, jnp.concatenate(
+        [x, tp[:, None], lv[:, None].astype(x.dtype) / 7.0 + 0.1 * (y == 3)[:, None]], axis=1))
+    apply = lambda p, x, t, lv, y: dj.adapters.FlippedVelocity(functools.partial(paper, p))(
+        x, t, lv, y)
+    x1 = 1.5 * jax.random.normal(jax.random.key(1), (128, 2))
+    labels = jnp.arange(128) % 3
+    kw = dict(num_classes=3, denoise_timesteps=8, bootstrap_every=4)
+    ema = jax.tree_util.tree_map(lambda v: 0.9 * v, params)
+    loss, aux = jax.jit(lambda p, e: sc.shortcut_loss(apply, p, e, jax.random.key(2), x1, labels,
+                                                      bootstrap_cfg=True, cfg_scale=1.5, **kw))(
+        params, ema)
+    old_targets = jax.jit(lambda p: _paper_time_shortcut(paper, p, jax.random.key(2), x1, labels,
+                                                         3, 8, 4, 1.5))
+    _, old = old_targets(ema)  # the targets at the EMA weights ...
+    want = jnp.mean((paper(params, old["x_t"], old["t"], old["d_level"], old["labels"])
+                     - old["target"]) ** 2, axis=1)  # ... the prediction at the online ones
+    np.testing.assert_array_equal(aux["t"], 1.0 - old["t"])
+    np.testing.assert_array_equal(aux["d_level"], old["d_level"])
+    np.testing.assert_array_equal(aux["labels"], old["labels"])
+    np.testing.assert_allclose(aux["x_t"], old["x_t"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(aux["target"], -old["target"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-7)
+    assert int(jnp.sum(aux["is_bootstrap"])) == 32 and float(jnp.mean(loss)) > 0.0
+
+
 def test_shortcut_sampler_closed_forms():
     n = 4096
+    key = jax.random.key(0)
     x0 = jax.random.normal(jax.random.key(0), (n, 1))
+    u_model = dj.adapters.FlippedVelocity(_s_star_model)
     # one exact shortcut step: x1 = x0 sigma(1)/sigma(0) = s x0, exactly N(0, s^2)
-    x = few_step.shortcut_sample(_s_star_model, None, (n, 1), 1, x_init=x0)
+    x = few_step.shortcut_sample(u_model, key, (n, 1), 1, x_init=x0)
     np.testing.assert_allclose(x, S * x0, rtol=1e-6, atol=1e-7)
     # one Euler step with the exact velocity: closed form x0 + v*(x0, 0) = 0 (collapse)
-    vmodel = lambda x, t, lv, y: _v_star(x, t)
-    x = few_step.shortcut_sample(vmodel, None, (n, 1), 1, x_init=x0)
+    vmodel = dj.adapters.FlippedVelocity(lambda x, t, lv, y: _v_star(x, t))
+    x = few_step.shortcut_sample(vmodel, key, (n, 1), 1, x_init=x0)
     np.testing.assert_allclose(x, 0.0, atol=1e-7)
     # 128 Euler steps with v*: linear in x0, x = x0 prod_i (1 + c(t_i)/M) with
     # c(t) = (t s^2 - (1-t))/sigma(t)^2 (closed form, float64): 0.49425 vs the exact 0.5
@@ -322,12 +440,12 @@ def test_shortcut_sampler_closed_forms():
     tt = np.arange(M) / M
     c = (tt * S**2 - (1 - tt)) / ((1 - tt) ** 2 + tt**2 * S**2)
     ratio = np.prod(1 + c / M)
-    x = few_step.shortcut_sample(vmodel, None, (n, 1), M, x_init=x0)
+    x = few_step.shortcut_sample(vmodel, key, (n, 1), M, x_init=x0)
     np.testing.assert_allclose(x, ratio * x0, rtol=2e-5, atol=1e-6)
     assert abs(ratio - S) < 0.012
-    # flip_time adapter: the shortcut model at level ~0 step is the diffjax velocity of Linear
+    # at the flow level the shortcut model is the diffjax velocity of the Linear process
     g = dj.analytic.Gaussian.create([0.0], [[S**2]], Linear())
-    u = sc.shortcut_as_velocity(lambda x, t, lv, y: _v_star(x, t), 7)
+    u = sc.shortcut_as_velocity(vmodel, 7)
     tt = jnp.full((n,), 0.3)
     np.testing.assert_allclose(u(x0, tt), convert(g(x0, tt), x0, tt, Linear(), "x0", "velocity"),
                                rtol=1e-4, atol=1e-5)
@@ -357,7 +475,7 @@ def test_shortcut_loss_differentiable():
 
 
 def test_imm_vectors():
-    # spec §4c.1 (printed to 6 significant digits; float32 rtol 1e-5)
+    # float64 vectors of r(s, t) and w(t) (printed to 6 significant digits; float32 rtol 1e-5)
     t = jnp.array([0.1, 0.5, 0.9, 0.994])
     np.testing.assert_allclose(imm.imm_mapping_r(jnp.zeros(4), t, k=12),
                                [0.066001, 0.48968, 0.899594, 0.993999], rtol=1e-5)
@@ -382,16 +500,16 @@ def test_imm_maps():
     s = 0.5 * t
     G = jax.random.normal(jax.random.key(2), (6, 3))
     x_t = (1 - t)[:, None] * x + t[:, None] * e
-    np.testing.assert_array_equal(imm.imm_map("euler_fm", G, x_t, t, t), x_t)
+    np.testing.assert_array_equal(imm_map("euler_fm", G, x_t, t, t), x_t)
     np.testing.assert_allclose(imm.ddim_interpolant(x_t, x, t, s),
                                (1 - s)[:, None] * x + s[:, None] * e, rtol=1e-5, atol=1e-6)
     # identity kind = DDIM with G as x_hat; simple_edm / identity at s = t are the identity too
-    np.testing.assert_allclose(imm.imm_map("identity", G, x_t, t, s),
+    np.testing.assert_allclose(imm_map("identity", G, x_t, t, s),
                                imm.ddim_interpolant(x_t, G, t, s), rtol=1e-6)
     for kind in ("identity", "simple_edm"):
-        np.testing.assert_allclose(imm.imm_map(kind, G, x_t, t, t), x_t, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(imm_map(kind, G, x_t, t, t), x_t, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="kind"):
-        imm.imm_coeffs("edm", t, s)
+        imm_coeffs("edm", t, s)
 
 
 def test_mmd_estimator():
@@ -431,13 +549,171 @@ def test_imm_loss_and_sampler():
         imm.imm_loss(apply, params, jax.random.key(2), x0, group_size=5)
     # pushforward with CFG on G: G = 1 (cond) / 0 (null) -> guided G = w
     gfake = lambda x, t, s, cond: jnp.broadcast_to(cond, x.shape)
-    out = few_step.imm_pushforward_sample(gfake, jax.random.key(0), (3, 2), num_steps=1,
-                                          cond=jnp.float32(1.0), null_cond=jnp.float32(0.0),
-                                          cfg_scale=1.5)
-    x_T = 0.5 * jax.random.normal(jax.random.key(0), (3, 2))
+    out = few_step.imm_sample(gfake, jax.random.key(0), (3, 2), num_steps=1,
+                              cond=jnp.float32(1.0), null_cond=jnp.float32(0.0), cfg_scale=1.5)
+    x_T = 0.5 * _draws(jax.random.key(0), 3, (2,), draw=0)
     np.testing.assert_allclose(out, x_T - 0.994 * 0.5 * 1.5, rtol=1e-6)
     np.testing.assert_allclose(few_step.imm_time_grid(2, kind="mid_eta", mid_eta=[1.4]),
                                [0.994, 1.4 / 2.4, 0.0])
+    # 'edm' grid: Karras rho = 7 in eta = t / (1 - t) between eta(T) and eta(eps_t)
+    e = lambda t: t / (1 - t)
+    eta = (e(0.994) ** (1 / 7) + np.arange(4) / 3 * (e(0.1) ** (1 / 7) - e(0.994) ** (1 / 7))) ** 7
+    np.testing.assert_allclose(few_step.imm_time_grid(3, eps_t=0.1, kind="edm"),
+                               eta / (1 + eta), rtol=1e-12)
+    np.testing.assert_allclose(imm.eta_of_t(jnp.float32(0.75)), 3.0, rtol=1e-6)
+    np.testing.assert_allclose(imm.imm_log_snr(jnp.float32(0.2)), 2 * np.log(4.0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-step samplers through the driver: per-sample keys (any device count, any chunking), no
+# retrace for new weights, and each paper's algorithm written as a loop in the test
+# ---------------------------------------------------------------------------------------------
+
+
+def _draws(key, n, shape, offset=0, draw=0):
+    """The driver's documented draws: sample i's key is k_i = fold_in(key, offset + i); its
+    initial noise is normal(fold_in(k_i, 0)) and step n's noise normal(fold_in(k_i, n + 1))."""
+    return jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, offset + i),
+                                                           draw), shape) for i in range(n)])
+
+
+def _cm_net(p, x, c_noise, cond):
+    return _mlp(p, jnp.concatenate([x, c_noise[:, None]], axis=1))
+
+
+def _paper_shortcut_net(p, x, tp, lv, y):
+    return _mlp(p, jnp.concatenate([x, tp[:, None], lv[:, None].astype(x.dtype) / 7.0], axis=1))
+
+
+def _imm_net(p, x, t, s, cond):
+    return _mlp(p, jnp.concatenate([x, t[:, None], s[:, None], cond[:, None]], axis=1))
+
+
+def _cm_f(net, p):
+    return ConsistencyPrecond(jax.tree_util.Partial(net, p), EDM())
+
+
+def _sc_u(net, p):
+    return dj.adapters.FlippedVelocity(jax.tree_util.Partial(net, p))
+
+
+def _labels(n, offset):
+    return (jnp.arange(offset, offset + n) % 3).astype(jnp.float32)
+
+
+def _run_sampler(name, params, key, n, offset=0, mesh="auto", nets=None):
+    cm_net, sc_net, imm_net = nets or (_cm_net, _paper_shortcut_net, _imm_net)
+    kw = dict(sample_offset=offset, mesh=mesh)
+    if name == "consistency_onestep":
+        return few_step.consistency_sample(_cm_f(cm_net, params["cm"]), key, (n, 2), **kw)
+    if name == "consistency_multistep":
+        return few_step.consistency_sample(_cm_f(cm_net, params["cm"]), key, (n, 2),
+                                           ts=(0, 5, 9), steps=10, clip=False, **kw)
+    if name == "shortcut":
+        return few_step.shortcut_sample(_sc_u(sc_net, params["sc"]), key, (n, 2), 4, **kw)
+    return few_step.imm_sample(jax.tree_util.Partial(imm_net, params["imm"]), key, (n, 2),
+                               num_steps=2, kind="simple_edm", cond=_labels(n, offset),
+                               null_cond=jnp.full((n,), 3.0), cfg_scale=1.5, **kw)
+
+
+FEW_STEP_SAMPLERS = ["consistency_onestep", "consistency_multistep", "shortcut", "imm"]
+
+
+def _few_step_params(seed):
+    k = jax.random.split(jax.random.key(seed), 3)
+    return {"cm": _mlp_init(k[0], 3, 2), "sc": _mlp_init(k[1], 4, 2),
+            "imm": _mlp_init(k[2], 5, 2)}
+
+
+@pytest.mark.parametrize("name", FEW_STEP_SAMPLERS)
+def test_few_step_samples_do_not_depend_on_devices_or_chunks(name):
+    params, key = _few_step_params(0), jax.random.key(7)
+    one = _run_sampler(name, params, key, 8, mesh=None)
+    sharded = _run_sampler(name, params, key, 8)  # 8 fake devices: one sample each
+    assert len(sharded.sharding.device_set) == len(jax.devices()) == 8
+    chunks = jnp.concatenate([_run_sampler(name, params, key, 4),
+                              _run_sampler(name, params, key, 4, offset=4)])
+    chex.assert_shape([one, sharded, chunks], (8, 2))
+    chex.assert_trees_all_close(sharded, one, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(chunks, one, rtol=1e-6, atol=1e-6)
+    assert float(jnp.min(jnp.abs(one[1:] - one[:-1]))) > 1e-4  # the samples differ
+
+
+@pytest.mark.parametrize("name", FEW_STEP_SAMPLERS)
+def test_few_step_samplers_do_not_retrace_for_new_weights(name):
+    """The networks are traced once per compiled program (chex.assert_max_traces on the apply
+    function: one call per trace, two with IMM's CFG); new weights reuse the program."""
+    chex.clear_trace_counter()
+    per_trace = 2 if name == "imm" else 1
+    nets = tuple(chex.assert_max_traces(f, n=per_trace)
+                 for f in (_cm_net, _paper_shortcut_net, _imm_net))
+    key = jax.random.key(3)
+    before = dj.samplers.trace_count()
+    a = _run_sampler(name, _few_step_params(1), key, 8, nets=nets)
+    b = _run_sampler(name, _few_step_params(2), key, 8, nets=nets)  # raises if retraced
+    assert dj.samplers.trace_count() - before == 1
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3  # the new weights are used
+
+
+def test_consistency_sampler_is_algorithm_1():
+    """Song et al. 2023, Alg. 1 as a loop over the levels, with the driver's per-sample noise:
+    x = sigma_max z_0; x0 = f(x, sigma_i); x = x0 + sqrt(sigma'^2 - sigma_min^2) z_n with
+    sigma' = clip(sigma_j, sigma_min, sigma_max) for consecutive (i, j) of ts; clip at the end."""
+    p, key, n = _few_step_params(4)["cm"], jax.random.key(5), 6
+    f = _cm_f(_cm_net, p)
+    for ts, steps in (((0,), 40), ((0, 5, 9), 10), ((0, 3, 6), 10)):
+        got = few_step.consistency_sample(f, key, (n, 2), ts=ts, steps=steps, clip=True)
+        i = np.arange(steps) / (steps - 1)
+        sig = (SMAX ** (1 / 7) + i * (SMIN ** (1 / 7) - SMAX ** (1 / 7))) ** 7
+        x = SMAX * _draws(key, n, (2,), draw=0)
+        pairs = list(zip(ts[:-1], ts[1:], strict=True)) if len(ts) > 1 else [(0, steps - 1)]
+        for m, (a, b) in enumerate(pairs):
+            x0 = f(x, jnp.full((n,), sig[a] / SMAX), None)
+            nxt = np.clip(sig[b], SMIN, SMAX)
+            x = x0 + np.sqrt(nxt**2 - SMIN**2) * _draws(key, n, (2,), draw=m + 1)
+        chex.assert_trees_all_close(got, jnp.clip(x, -1.0, 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_shortcut_sampler_is_algorithm_2():
+    """Frans et al. 2024, Alg. 2 in the paper's own time, as a loop: x = z;
+    x <- x + s(x, i/M, log2 M) / M for i < M; the network is given to the sampler behind
+    adapters.FlippedVelocity."""
+    p, key, n = _few_step_params(6)["sc"], jax.random.key(8), 5
+    for M in (1, 2, 8):
+        got = few_step.shortcut_sample(_sc_u(_paper_shortcut_net, p), key, (n, 2), M,
+                                       process=sc.SHORTCUT_PROCESS)
+        x = _draws(key, n, (2,), draw=0)
+        for i in range(M):
+            x = x + _paper_shortcut_net(p, x, jnp.full((n,), i / M),
+                                        jnp.full((n,), int(np.log2(M))), None) / M
+        chex.assert_trees_all_close(got, x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["simple_edm", "euler_fm", "identity"])
+def test_imm_sampler_is_the_pushforward_of_eq_12(kind):
+    """x_T = sigma_d z; x <- c_skip(t, s) x + c_out(t, s) G over the grid, with CFG on G
+    (G_u + w (G_c - G_u)); coefficients written out for the path alpha = 1 - t, sigma = t."""
+    p, key, n, sd, w = _few_step_params(9)["imm"], jax.random.key(10), 6, 0.5, 1.5
+    cond, null = _labels(n, 0), jnp.full((n,), 3.0)
+    got = few_step.imm_sample(jax.tree_util.Partial(_imm_net, p), key, (n, 2), num_steps=3,
+                              kind=kind, T=0.9, eps_t=0.05, grid="edm", sigma_data=sd,
+                              cond=cond, null_cond=null, cfg_scale=w)
+    x = sd * _draws(key, n, (2,), draw=0)
+    ts = few_step.imm_time_grid(3, 0.9, 0.05, "edm")
+    for t, s in zip(ts[:-1], ts[1:], strict=True):
+        tv, sv = jnp.full((n,), t, jnp.float32), jnp.full((n,), s, jnp.float32)
+        gu = _imm_net(p, x, tv, sv, null)
+        G = gu + w * (_imm_net(p, x, tv, sv, cond) - gu)
+        at, st, as_, ss = 1 - t, t, 1 - s, s
+        if kind == "simple_edm":
+            nrm = np.sqrt(at**2 + st**2)
+            c_skip, c_out = (at * as_ + st * ss) / nrm**2, -(as_ * st - at * ss) * sd / nrm
+        elif kind == "euler_fm":
+            c_skip, c_out = 1.0, -(t - s) * sd
+        else:  # DDIM with G as the x0 estimate
+            c_skip, c_out = ss / st, as_ - at * ss / st
+        x = c_skip * x + c_out * G
+    chex.assert_trees_all_close(got, x, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,7 +814,6 @@ def test_mg_bookkeeping_and_grad():
 
 from pathlib import Path  # noqa: E402
 
-from diffjax import methods as methods_lib  # noqa: E402
 from diffjax import train as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -547,7 +822,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("setting", [(800_000, 2, 150, 0.9), (800_000, 2, 200, 0.95),
                                      (37, 2, 5, 0.8)])
 def test_ct_schedule_fn_equals_host_schedule(setting):
-    # the traced schedule against the float64 host one (spec §2c.2 vectors included), at every
+    # the traced schedule against the float64 host one (the vectors above included), at every
     # boundary of N(k) and its neighbours, where a float32 ceil would slip
     K = setting[0]
     fn = cm.ct_schedule_fn(*setting)
@@ -681,68 +956,6 @@ def _toy_module():
     return load_script("experiments/few_step_toy.py")
 
 
-def _toy_setup(model_kw, process, batch=16, classes=0):
-    toy = _toy_module()
-    c = toy.base_config(16, 1, 10, **model_kw, **({"num_classes": classes} if classes else {}))
-    c.process = dict(name=process)
-    return c, toy.setup(c, batch)
-
-
-def test_build_method_specs_and_errors():
-    c, s = _toy_setup(dict(precond="edm"), "edm")
-    c.method = dict(name="ct", start_scales=2, end_scales=150, start_ema=0.9)
-    m = methods_lib.build_method(c, s)
-    # the trainer adds CT's target EMA, updated with the reference's mu(0) = mu0^2
-    assert set(m.ema_specs) == {"target"}
-    assert abs(float(T.ema_decay(m.ema_specs["target"], 0, 16)) - 0.81) < 1e-6
-    assert m.init_params is None and m.nfe == 1
-    # CD: the student starts from the (in-memory) teacher; the target EMA has the given rate
-    teacher = s["init_params"](jax.random.key(5))
-    c.method = dict(name="cd", target_decay=0.95, sample_ts=(0, 9, 17), sample_grid=18)
-    m = methods_lib.build_method(c, s, teacher=(s["net"], teacher))
-    assert m.nfe == 2 and m.ema_specs["target"].decay == 0.95
-    got = m.init_params(jax.random.key(0))
-    carried = m.init_extra()["teacher"]  # the teacher rides in state.extra, not as constants
-    for a_, b_, c_ in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(teacher),
-                          jax.tree_util.tree_leaves(carried), strict=True):
-        np.testing.assert_array_equal(a_, b_)
-        np.testing.assert_array_equal(c_, b_)
-    x = jax.jit(lambda p, k: m.sample(p, k, 5, None))(teacher, jax.random.key(0))
-    assert x.shape == (5, 2) and bool(jnp.all(jnp.isfinite(x)))
-    bad = [
-        (dict(name="nope"), "method.name"),
-        (dict(name="ct", bogus=1), "bogus"),
-        (dict(name="cd"), "config.ema.target"),
-        (dict(name="cd", target_decay=0.9), "teacher_workdir"),
-        (dict(name="cd", metric="lpips", target_ema=""), "lpips_weights"),
-        (dict(name="ct", metric="lpips", lpips_weights="x.npz"), r"RGB images"),
-        (dict(name="ct", sample_ts=(0, 20), sample_grid=18), "sample_ts"),
-        (dict(name="imm"), "process.name='linear'"),
-    ]
-    for section, match in bad:
-        c.method = section
-        with pytest.raises(ValueError, match=match):
-            methods_lib.build_method(c, s).init_params(jax.random.key(0))
-    c2, s2 = _toy_setup(dict(), "edm")
-    c2.method = dict(name="ct")
-    with pytest.raises(ValueError, match="model.precond"):
-        methods_lib.build_method(c2, s2)
-    c3, s3 = _toy_setup(dict(second_scalar=True, time_input="sit"), "linear", batch=24)
-    c3.method = dict(name="shortcut")  # 24 // 8 = 3 bootstrap rows < 7 levels
-    with pytest.raises(ValueError, match="bootstrap"):
-        methods_lib.build_method(c3, s3)
-    c3.method = dict(name="mg")
-    with pytest.raises(ValueError, match="class-conditional"):
-        methods_lib.build_method(c3, s3)
-    c4, s4 = _toy_setup(dict(prediction="velocity"), "linear", classes=4)
-    c4.method = dict(name="mg", omega=2.0)
-    with pytest.raises(ValueError, match=r"1 / \(2 - omega\)"):
-        methods_lib.build_method(c4, s4)
-    c3.method = dict(name="shortcut", denoise_timesteps=8, bootstrap_every=8, sample_steps=3)
-    with pytest.raises(ValueError, match="sample_steps"):
-        methods_lib.build_method(c3, s3)
-
-
 def test_few_step_toy_tiny_writes_a_finite_table(tmp_path):
     res = _toy_module().run(tiny=True, out=tmp_path / "toy")
     md = (tmp_path / "toy.md").read_text()
@@ -774,28 +987,13 @@ def test_few_step_learning_checks_tiny_write_their_tables(tmp_path):
         mod.main(["--tiny", "--only", "nope", "--out", str(tmp_path / "x")])
 
 
-FEW_STEP_RECIPES = ["cd_cifar10", "ct_cifar10", "ict_cifar10", "cd_imagenet64",
-                    "shortcut_dit_b_celebahq256", "imm_cifar10", "imm_imagenet256",
-                    "mg_sit_xl2_imagenet256"]
-
-
-def _recipe_latents(tmp_path, classes):
-    path = tmp_path / f"latents{classes}.npz"
-    rng = np.random.default_rng(0)
-    kw = dict(latents=rng.standard_normal((32, 8, 8, 4)).astype(np.float32))
-    if classes:
-        kw["labels"] = (np.arange(32) % classes).astype(np.int32)
-    np.savez(path, **kw)
-    return path
-
-
 @pytest.mark.slow  # ~40 s: VGG16 forward + backward compiled inside the train step
 def test_consistency_training_with_lpips_through_the_trainer(tmp_path):
     """``method.metric='lpips'``: the LPIPS weights (seeded random VGG16, saved as the converter
     writes them) ride in ``state.extra`` and the loss is LPIPS of the two consistency outputs."""
     import json
 
-    from diffjax import cli
+    from diffjax.run import cli
     from diffjax.metrics import lpips as lp
 
     weights = tmp_path / "lpips.npz"
@@ -817,71 +1015,3 @@ def test_consistency_training_with_lpips_through_the_trainer(tmp_path):
     # the checkpoint's tree holds the LPIPS weights under extra (orbax's metadata names them)
     files = [p for p in (work / "checkpoints").rglob("*") if p.is_file()]
     assert any(b"lpips" in p.read_bytes() for p in files if p.stat().st_size < 10**6)
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) for n in FEW_STEP_RECIPES])
-def test_few_step_recipe_smoke_trains_and_samples(name, tmp_path):
-    """Each recipe's ``:smoke`` variant trains through ``python -m diffjax train`` (the
-    ``method`` dispatch of :func:`diffjax.experiment.train`), checkpoints, and samples with
-    the method's own few-step sampler; losses finite. 15-45 s each on 2 CPU cores, so all
-    are under -m slow; the default suite trains every method through the toy run instead."""
-    import json
-
-    from diffjax import cli
-
-    work = tmp_path / "work"
-    args = ["train", f"--config={ROOT / 'configs' / name}.py:smoke", f"--workdir={work}"]
-    if name.startswith(("shortcut", "imm_imagenet", "mg_")):
-        classes = 0 if name.startswith("shortcut") else 10
-        args.append(f"--config.data.name={_recipe_latents(tmp_path, classes)}")
-    out = cli.main(args)
-    assert out["end_step"] == 4
-    lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
-    assert lines and all(np.isfinite(m_["loss"]) for m_ in lines)
-    x = np.load(work / "samples.npz")["samples"]
-    assert x.shape[0] == 4 and np.all(np.isfinite(x))
-
-
-@pytest.mark.slow  # builds the full-size networks abstractly
-@pytest.mark.parametrize("name", FEW_STEP_RECIPES)
-def test_few_step_recipe_full_config_builds(name):
-    from flax import nnx
-
-    from diffjax import experiment as E
-
-    cfg = methods_lib.load_config(str(ROOT / "configs" / f"{name}.py"))
-    net = nnx.eval_shape(lambda: E.build_model(cfg.model, nnx.Rngs(0)))
-    assert cfg.method.name in methods_lib.METHODS
-    want = {"cd_imagenet64": (64, 64, 3), "cd_cifar10": (32, 32, 3), "ct_cifar10": (32, 32, 3),
-            "ict_cifar10": (32, 32, 3), "imm_cifar10": (32, 32, 3)}.get(name, (32, 32, 4))
-    assert E._model_input(cfg.model, net)[0] == want
-
-
-def test_consistency_distillation_through_the_trainer_carries_the_teacher(tmp_path):
-    """``config.method`` through :func:`diffjax.experiment.train` on 2-D toy data: CD's
-    teacher rides in ``state.extra`` (a jit argument, checkpointed), the student starts from
-    it, the step trains, and sampling restores the checkpoint into the same layout."""
-    import ml_collections
-
-    from diffjax import experiment as E
-
-    c = ml_collections.ConfigDict()
-    c.model = dict(name="mlp", dim=2, width=16, depth=1, precond="edm", sigma_data=0.5)
-    c.process = dict(name="edm")
-    c.method = dict(name="cd", num_scales=18, target_decay=0.95, allow_untrained_teacher=True,
-                    clip=False)
-    c.data = dict(name="toy:gmm_small", batch_size=16)
-    c.optim = dict(name="adam", lr=1e-3, warmup_steps=0)
-    c.train = dict(num_steps=3, log_every=1, save_every=3, max_to_keep=1, sample_every=0)
-    c.sample = dict(num_samples=8)
-    c.mesh = dict(data=-1, fsdp=1)
-    out = E.train(c, tmp_path)
-    assert out["end_step"] == 3 and all(np.isfinite(h["loss"]) for h in out["history"])
-    _, state = E._restore(c, tmp_path)
-    teacher = state.extra["teacher"]
-    moved = [float(jnp.abs(a - b).max()) for a, b in zip(
-        jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(teacher), strict=True)]
-    assert 0.0 < max(moved) < 0.1  # the student started at the teacher and took 3 small steps
-    x = np.load(tmp_path / "samples.npz")["samples"]
-    assert x.shape == (8, 2) and np.all(np.isfinite(x))

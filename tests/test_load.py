@@ -49,10 +49,11 @@ b = run.sample(8, seed=0)
 c = run.sample(8, seed=0, guidance=3.0)
 n2 = S.trace_count()
 d = run.sample(8, seed=0, guidance=1.5)
+n3 = S.trace_count()
 # the same set at any chunk size: samples 4..7 alone equal the second half of the batch
 e = run.sample(4, seed=0, offset=4)
 print(json.dumps(dict(step=run.step, weights=run.weights, shape=list(a.shape),
-                      retrace_same=S.trace_count() - n2, retrace_again=n2 - n - 1,
+                      retrace_same=n3 - n2, retrace_again=n2 - n - 1,
                       same=bool(np.array_equal(a, b)), guided_differs=float(np.abs(c - a).max()),
                       scales_differ=float(np.abs(d - c).max()),
                       chunk=float(np.abs(e - a[4:]).max()))))

@@ -18,8 +18,9 @@ import torch  # test dependency (setup.cfg [test])
 from flax import nnx
 
 import diffjax as dj
-from diffjax import convert
-from diffjax.models import dit, flops, guidance_cfg, layers
+from diffjax import convert, models
+from diffjax.guidance import classifier_free_guidance
+from diffjax.models import dit, flops, layers
 
 tnn = torch.nn
 
@@ -226,16 +227,18 @@ def official_pair():
 
 
 # ----------------------------------------------------------------------------------------------
-# Sizes: parameters and GMACs (DiT Table 1; spec_modern.md section 5b / Appendix A)
+# Sizes: parameters and GMACs (Peebles & Xie 2022, Table 1)
 # ----------------------------------------------------------------------------------------------
 
-# spec_modern.md 5b: params ~ 33M / 130M / 458M / 675M; MACs (G) at 256 px per patch 2/4/8.
+# DiT Table 1: params ~ 33M / 130M / 458M / 675M for S / B / L / XL; its "Gflops" at 256 px
+# (latent 32x32x4) for patch 2 / 4 / 8 count multiply-accumulates, i.e. GMACs.
 PAPER = {"S": (33, {2: 6.06, 4: 1.41, 8: 0.36}), "B": (130, {2: 23.01, 4: 5.57, 8: 1.42}),
          "L": (458, {2: 80.70, 4: 19.70, 8: 5.01}), "XL": (675, {2: 118.62, 4: 29.04, 8: 7.39})}
 
 
 def _formula_params(d, depth, p, c=4, pixels=32 * 32, classes=1000):
-    """Appendix A: 18d^2 (+15d biases) per block, embeddings, final layer, pos table."""
+    """Counted from the architecture: 18d^2 (+15d biases) per adaLN-Zero block (qkv 3d^2,
+    attention output d^2, MLP 8d^2, adaLN 6d^2), embeddings, final layer, pos table."""
     blocks = depth * (18 * d * d + 15 * d)
     emb = p * p * c * d + d + (256 * d + d) + (d * d + d) + (classes + 1) * d
     final = 2 * d * d + 2 * d + d * p * p * 2 * c + p * p * 2 * c
@@ -376,12 +379,13 @@ def test_cfg_matches_reference_forward_with_cfg(official_pair, inputs, channels)
     # t in diffjax time that maps to the DDPM index t via adapters.time_input('ddpm_index')
     den = dit.as_denoiser(model, "ddpm_index")
     tj = (jnp.asarray(t) + 1.0) / 1000.0
-    cfg = guidance_cfg.classifier_free_guidance(den, scale, channels=channels,
+    assert models.classifier_free_guidance is classifier_free_guidance  # one implementation
+    cfg = classifier_free_guidance(den, scale, channels=channels,
                                                 learned_variance=True)
     got = np.asarray(cfg(jnp.asarray(x), tj, jnp.asarray(labels)))
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     # the quirk matters: 3 and 4 guided channels differ on channel 3 only
-    other = guidance_cfg.classifier_free_guidance(
+    other = classifier_free_guidance(
         den, scale, channels="all" if channels == 3 else 3, learned_variance=True)
     diff = np.abs(np.asarray(other(jnp.asarray(x), tj, jnp.asarray(labels))) - got)
     assert diff[..., 3].max() > 1e-3 and diff[..., [0, 1, 2, 4, 5, 6, 7]].max() == 0.0
@@ -419,7 +423,7 @@ def test_as_denoiser_with_sampler_and_no_retrace_on_cfg_scale(official_pair):
     y = jnp.arange(8) % 10
     step = dj.samplers.DDIM()
     kw = dict(process=proc, cond=y, learned_variance=True, mesh=None)
-    g1 = guidance_cfg.classifier_free_guidance(den, 1.5, learned_variance=True)
+    g1 = classifier_free_guidance(den, 1.5, learned_variance=True)
     out = dj.sample(g1, jax.random.key(0), (8, 8, 8, 4), grid, step, **kw)
     assert out.shape == (8, 8, 8, 4) and bool(jnp.isfinite(out).all())
     n0 = dj.samplers.trace_count()
@@ -563,7 +567,7 @@ def test_bad_inputs_raise_clear_errors(official_pair):
     with pytest.raises(ValueError, match="labels"):
         model(jnp.zeros((2, 8, 8, 4)), jnp.zeros(2), None)
     with pytest.raises(ValueError, match="channels"):
-        guidance_cfg.classifier_free_guidance(dit.as_denoiser(model), 2.0, channels=0)
+        classifier_free_guidance(dit.as_denoiser(model), 2.0, channels=0)
     with pytest.raises(ValueError, match="missing"):
         convert.from_official({"x_embedder.proj.weight": np.zeros((64, 4, 2, 2))},
                               dit.DiTConfig(**TINY))

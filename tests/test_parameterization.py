@@ -1,5 +1,5 @@
 """Parameterisations against closed forms: conversions, Tweedie, SiT velocity, EDM and
-consistency preconditioning (spec T21, spec_modern 2c.1 and 6c.1)."""
+consistency preconditioning."""
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def test_tweedie_score_of_exact_gaussian_denoiser():
 
 
 def test_sit_velocity_of_gaussian_data():
-    """spec_modern 6c.1: for x1 ~ N(0, s^2) on the linear path (SiT time), v* = x (t s^2 -
+    """For x1 ~ N(0, s^2) on the linear path (SiT time), v* = x (t s^2 -
     (1 - t)) / (t^2 s^2 + (1 - t)^2); our velocity in flipped time is its negative."""
     s = 0.5
     proc = P.Linear()
@@ -67,7 +67,7 @@ def test_sit_velocity_of_gaussian_data():
 
 
 def test_edm_preconditioning_closed_forms():
-    """T21 (exact parts) and spec 8(c)2: for y ~ N(0, sigma_data^2) the ideal F is 0."""
+    """EDM's Table 1 scalings: for y ~ N(0, sigma_data^2) the ideal F is 0."""
     sig = jnp.asarray([0.002, 0.1, 0.5, 2.0, 80.0])
     c_skip, c_out, c_in, c_noise = par.edm_precond_coeffs(sig)
     lam = (sig**2 + 0.25) / (sig * 0.5) ** 2
@@ -96,7 +96,8 @@ def test_edm_preconditioning_closed_forms():
 
 
 def test_consistency_boundary_condition():
-    """spec_modern 2c.1: c_skip(sigma_min) = 1, c_out(sigma_min) = 0 exactly; values at 80."""
+    """Song et al. 2023, appendix C: c_skip(sigma_min) = 1, c_out(sigma_min) = 0 exactly;
+    values at 80."""
     c_skip, c_out, _, _ = par.consistency_coeffs(jnp.asarray([0.002, 80.0]))
     assert float(c_skip[0]) == 1.0 and float(c_out[0]) == 0.0
     np.testing.assert_allclose(float(c_skip[1]), 3.906e-5, rtol=1e-3)

@@ -1,4 +1,4 @@
-"""Processes, schedules, grids and adapters against closed forms (spec T1, T2, T7, T16)."""
+"""Processes, schedules, grids and adapters against closed forms."""
 
 import math
 
@@ -11,9 +11,11 @@ import diffjax as dj
 from diffjax import adapters, grids
 from diffjax import processes as P
 
-CONTINUOUS = [P.VP(), P.SubVP(), P.VE(), P.EDM(), P.Linear(), P.GVP(),
-              P.DiscreteVP.linear(1000), P.DiscreteVP.cosine(1000)]
-IDS = ["vp", "subvp", "ve", "edm", "linear", "gvp", "ddpm_linear", "ddpm_cosine"]
+CONTINUOUS = [P.VP(), P.SubVP(), P.VE(), P.EDM(), P.Linear(), P.Linear(sigma_min=1e-5),
+              P.Linear(sigma_min=0.2), P.GVP(), P.DiscreteVP.linear(1000),
+              P.DiscreteVP.cosine(1000)]
+IDS = ["vp", "subvp", "ve", "edm", "linear", "linear_smin1e-5", "linear_smin0.2", "gvp",
+       "ddpm_linear", "ddpm_cosine"]
 
 
 def test_discrete_tables_match_float64_closed_forms():
@@ -23,7 +25,7 @@ def test_discrete_tables_match_float64_closed_forms():
     ab = np.cumprod(1 - betas)
     proc = P.DiscreteVP.linear(1000)
     np.testing.assert_allclose(np.exp(np.asarray(proc.log_alpha_bar, np.float64)), ab, rtol=2e-5)
-    assert abs(ab[-1] - 4.04e-5) < 5e-7  # spec 3(c)1: alpha_bar_T = 4.04e-5
+    assert abs(ab[-1] - 4.04e-5) < 5e-7  # DDPM's linear schedule: alpha_bar_T = 4.04e-5
     # sigma^2 at the first step must keep full relative precision (no 1 - alpha_bar cancellation)
     t1 = adapters.ddpm_index_to_t(0, 1000)
     np.testing.assert_allclose(float(proc.sigma(t1)) ** 2, 1e-4, rtol=1e-5)
@@ -40,7 +42,7 @@ def test_discrete_tables_match_float64_closed_forms():
         first_clip = np.argmax(~unclipped) if (~unclipped).any() else T
         np.testing.assert_allclose(ab[:first_clip], (f(u) / f(0))[:first_clip], rtol=1e-12)
         assert b.max() <= 0.999
-    # spec 4(a): at T=4000 one beta reaches the 0.999 clip
+    # at T=4000 one cosine beta reaches the 0.999 clip
     assert int(np.sum(P.cosine_betas(4000) >= 0.999)) == 1
 
     # Sohl-Dickstein: beta_1 >= 1e-3 (step1_beta) and the last step destroys ~half the variance.
@@ -151,7 +153,7 @@ def test_forward_chain_matches_discrete_marginal():
     for x, step in zip(xs, (10, 100, 500, 1000)):
         t = adapters.ddpm_index_to_t(step - 1, 1000)
         a, s = float(proc.alpha(t)), float(proc.sigma(t))
-        # spec 3(c)1: max abs error <= 0.005 (3-4 standard errors at 2e5 samples)
+        # max abs error <= 0.005 (3-4 standard errors at 2e5 samples)
         assert np.max(np.abs(x.mean(0) - a * m0)) < 0.005
         assert np.max(np.abs(x.var(0) - (a**2 * v0 + s**2))) < 0.005
 
@@ -165,6 +167,9 @@ def test_grids():
     sig = grids.karras_sigmas(18)
     np.testing.assert_allclose(np.asarray(edm.sigma(kg)), sig, rtol=1e-5, atol=1e-7)
     assert sig[0] == 80.0 and abs(sig[17] - 0.002) < 1e-12 and sig[18] == 0.0
+    # the same formula traced (the consistency loss draws i and N inside jit)
+    traced = jax.jit(grids.karras_sigma)(jnp.arange(18), jnp.int32(18))
+    np.testing.assert_allclose(traced, sig[:-1], rtol=2e-6)
     # the same sigma~ levels on VP
     vp = P.VP()
     kv = grids.karras_grid(vp, 10, sigma_min=0.01, sigma_max=100.0)
@@ -241,3 +246,39 @@ def test_processes_are_traceable_pytrees():
     assert len(traces) == 1 and float(a) != float(b)
     with pytest.raises(ValueError, match="betas"):
         P.DiscreteVP.from_betas([0.5, 1.5])
+
+
+def test_linear_sigma_min_default_is_bit_identical_and_closed_forms():
+    """``Linear()`` (sigma_min = 0) gives exactly the plain rectified-flow values, eagerly and
+    with the process traced under jit; ``sigma_min > 0`` follows its closed forms."""
+    t = jnp.linspace(0.0, 1.0, 1001)
+    lam = jnp.linspace(-30.0, 30.0, 1001)
+    plain = (1.0 - t, t, jax.nn.sigmoid(-0.5 * lam), jnp.ones_like(t), -jnp.ones_like(t))
+
+    def values(proc, t, lam):
+        return (proc.alpha(t), proc.sigma(t), proc.t_from_log_snr(lam), proc.sigma_dot(t),
+                proc.alpha_dot(t))
+
+    for got in (values(P.Linear(), t, lam), jax.jit(values)(P.Linear(), t, lam)):
+        for g, w in zip(got, plain, strict=True):
+            np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(P.Linear().log_snr(t), P.Process.log_snr(P.Linear(), t))
+    m = 0.2
+    proc = P.Linear(sigma_min=m)
+    np.testing.assert_allclose(proc.sigma(t), m + (1 - m) * t, rtol=1e-6, atol=1e-7)
+    assert float(proc.sigma(1.0)) == 1.0 and abs(float(proc.sigma(0.0)) - m) < 1e-7
+    np.testing.assert_allclose(proc.log_snr(t[1:-1]),
+                               2 * np.log((1 - t[1:-1]) / (m + (1 - m) * t[1:-1])), rtol=1e-5,
+                               atol=1e-5)
+    # lambda(0) = -2 log(sigma_min) is the largest log-SNR: above it the inverse clips to t = 0
+    np.testing.assert_allclose(proc.t_from_log_snr(-2 * np.log(m)), 0.0, atol=1e-6)
+    assert float(proc.t_from_log_snr(50.0)) == 0.0 and float(proc.t_from_log_snr(-80.0)) == 1.0
+    # a traced leaf: a new sigma_min does not recompile
+    traces = []
+
+    @jax.jit
+    def f(proc, t):
+        traces.append(1)
+        return proc.sigma(t)
+
+    assert float(f(P.Linear(0.1), 0.0)) != float(f(P.Linear(0.3), 0.0)) and len(traces) == 1

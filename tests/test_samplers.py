@@ -184,7 +184,7 @@ _SLOW = {"ddpm_large_1000", "ddim_eta1_250", "euler_250", "euler_ancestral_250",
                                   for n in CASES])
 def test_sampler_reproduces_gmm(name, gmm_reference):
     """Every sampler, with the exact denoiser, draws 10k samples whose sliced W1 to 200k exact
-    draws is within 3x the two-sample noise floor at 10k vs 200k (~0.003; spec T5/T19 allow
+    draws is within 3x the two-sample noise floor at 10k vs 200k (~0.003; the tolerance allows
     SW1 <= 2 floor + 0.002), and whose mode weights (nearest-mean shares; the components
     overlap, so these are measured on the exact draws too) are within 0.015 (3 SE at 10k).
     Step counts are the papers' (or enough that discretisation error is below the floor)."""
@@ -220,7 +220,7 @@ def test_annealed_langevin_recovers_mode_weights_where_plain_langevin_fails():
 
 
 def test_sit_samplers_on_gaussian_data():
-    """spec_modern 6c.2-3: x1 ~ N(0, 0.25) on the linear path. Heun ODE 125 steps: std 0.50035
+    """x1 ~ N(0, 0.25) on the linear path. Heun ODE 125 steps: std 0.50035
     (0.5 % tolerance); Euler-Maruyama with w = sigma_t and the noiseless last 0.04 step, 250
     steps: std 0.4952 (the bias of the last interval; 2 % tolerance)."""
     proc = Linear()

@@ -18,6 +18,11 @@ from diffjax import train as T
 BATCH = 64
 
 
+def _pairs(a, b):
+    """The leaves of two trees, pairwise (the trees must have as many leaves)."""
+    return zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+
+
 def mlp_init(key, width=32):
     k1, k2, k3 = jax.random.split(key, 3)
     return {
@@ -32,7 +37,8 @@ def mlp_init(key, width=32):
 
 def mlp_apply(p, x, t, cond=None):
     f = jnp.exp(-math.log(1e3) * jnp.arange(8) / 8.0)
-    e = jnp.concatenate([jnp.sin(t[:, None] * 1e3 * f[None]), jnp.cos(t[:, None] * 1e3 * f[None])], -1)
+    arg = t[:, None] * 1e3 * f[None]
+    e = jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], -1)
     h = jax.nn.silu(jnp.concatenate([x, e], -1) @ p["w1"] + p["b1"][None])
     h = jax.nn.silu(h @ p["w2"] + p["b2"][None])
     return h @ p["w3"] + p["b3"][None]
@@ -115,11 +121,11 @@ def test_training_learns_and_skips_nonfinite_updates():
     bad = {"image": np.full((BATCH, 2), np.nan, np.float32)}
     state, m = step(state, bad)
     assert float(m["finite"]) == 0.0 and int(state.skipped) == 1
-    for a, b in zip(jax.tree_util.tree_leaves(before.params), jax.tree_util.tree_leaves(state.params)):
+    for a, b in _pairs(before.params, state.params):
         np.testing.assert_array_equal(a, np.asarray(b))
     # the EMAs moved towards the weights but are distinct from them
     d = [float(np.abs(np.asarray(e) - np.asarray(p)).max()) for e, p in
-         zip(jax.tree_util.tree_leaves(state.ema["ema"]), jax.tree_util.tree_leaves(state.params))]
+         _pairs(state.ema["ema"], state.params)]
     assert 0 < max(d) < 1.0
 
 
@@ -144,7 +150,7 @@ def test_one_device_and_eight_devices_agree():
         runs.append((np.asarray(losses), jax.tree_util.tree_map(np.asarray, state.params)))
     assert jax.device_count() == 8
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(runs[0][1]), jax.tree_util.tree_leaves(runs[1][1])):
+    for a, b in _pairs(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -166,7 +172,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     resumed_state, rest = _run(tmp_path / "b", 20)
     assert len(rest) == 10
     np.testing.assert_array_equal(np.asarray(first + rest), np.asarray(full))
-    for a, b in zip(jax.tree_util.tree_leaves(full_state), jax.tree_util.tree_leaves(resumed_state)):
+    for a, b in _pairs(full_state, resumed_state):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -194,7 +200,7 @@ def test_restore_onto_a_different_device_count(tmp_path):
     step, restored, _, _ = ck.restore_latest(T.abstract_like(state1))
     ck.close()
     assert step == 5 and len(jax.tree_util.tree_leaves(restored)[0].sharding.device_set) == 1
-    for a, b in zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(restored)):
+    for a, b in _pairs(saved, restored):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -237,7 +243,7 @@ def test_gradient_accumulation_matches_the_large_batch_step():
     step_acc = jax.jit(T.make_train_step(deterministic, acc))
     for h in halves:
         s_acc, _ = step_acc(s_acc, h)
-    for a, b in zip(jax.tree_util.tree_leaves(s_big.params), jax.tree_util.tree_leaves(s_acc.params)):
+    for a, b in _pairs(s_big.params, s_acc.params):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # and the accumulated parameters did move
     s0 = T.create_train_state(mlp_init, acc, seed=1, ema_names=())
@@ -274,6 +280,8 @@ def test_logical_axis_names_shard_parameters_and_moments():
         if mesh.shape["fsdp"] == 4:
             sharded = 0
             for v in params:
+                # every DiT parameter here is either below 4096 elements or has an ``embed``
+                # axis of width 32: the rules alone decide (no shape fallback)
                 want = logical_to_pspec(v.get_metadata()["out_sharding"], None, mesh, v.shape)
                 assert v.get_value().sharding.spec == want
                 sharded += "fsdp" in jax.tree_util.tree_leaves(tuple(want))
@@ -284,10 +292,11 @@ def test_logical_axis_names_shard_parameters_and_moments():
             copies = moments[:len(params)], moments[len(params):], jax.tree_util.tree_leaves(
                 state.ema["ema"], is_leaf=is_var)
             for copy in copies:
-                for p, m in zip(params, copy):
+                for p, m in zip(params, copy, strict=True):
                     assert m.get_value().sharding == p.get_value().sharding
+        batch_sh = {"image": T.batch_sharding(mesh, 4), "label": T.batch_sharding(mesh, 1)}
         step = T.jit_train_step(T.make_train_step(dit_loss, opt, {"ema": T.EMASpec(decay=0.9)}, 8),
-                                sh, {"image": T.batch_sharding(mesh, 4), "label": T.batch_sharding(mesh, 1)})
+                                sh, batch_sh)
         losses = []
         for i in range(3):
             state, m = step(state, T.shard_batch({"image": np.asarray(x * (1 + 0.1 * i)),
@@ -295,8 +304,82 @@ def test_logical_axis_names_shard_parameters_and_moments():
             losses.append(float(m["loss"]))
         runs.append((losses, jax.tree_util.tree_map(np.asarray, state.params)))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(runs[0][1]), jax.tree_util.tree_leaves(runs[1][1])):
+    for a, b in _pairs(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_one_mapper_logical_rules_first_then_fsdp_by_shape():
+    """``logical_to_mesh_sharding`` (the mapper ``state_shardings`` uses): logical names through
+    the rules first; an array the rules leave off ``fsdp`` (no names, names not in the rules,
+    an ``embed`` the axis does not divide) is split along its largest still-replicated dimension
+    divisible by the ``fsdp`` size; small arrays, scalars and ``fsdp = 1`` stay replicated."""
+    from flax import nnx
+
+    from diffjax.models.layers import logical_to_mesh_sharding
+
+    P = jax.sharding.PartitionSpec
+
+    def param(shape, names=None):
+        value = jnp.zeros(shape)
+        if names is None:
+            return nnx.Param(value)
+        return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+    tree = {
+        "by_name": param((64, 96), ("embed", "mlp")),  # rules: embed -> fsdp
+        "by_name_t": param((96, 64), ("mlp", "embed")),
+        "unknown_names": param((3, 3, 64, 128), (None, None, "channels_in", "channels_out")),
+        "ties_last": param((128, 128), ("channels_in", "channels_out")),
+        "embed_indivisible": param((66, 128), ("embed", "mlp")),  # 66 % 4: falls back to mlp
+        "unnamed": param((48, 256)),
+        "plain_array": jnp.zeros((256, 48)),
+        "small": param((16, 16), ("channels_in", "channels_out")),  # 256 < 4096 elements
+        "indivisible": param((4099, 3)),
+        "scalar": jnp.zeros(()),
+    }
+    want = {
+        "by_name": P("fsdp", None), "by_name_t": P(None, "fsdp"),
+        "unknown_names": P(None, None, None, "fsdp"), "ties_last": P(None, "fsdp"),
+        "embed_indivisible": P(None, "fsdp"), "unnamed": P(None, "fsdp"),
+        "plain_array": P("fsdp", None), "small": P(), "indivisible": P(), "scalar": P(),
+    }
+    is_var = lambda v: isinstance(v, nnx.Variable)
+
+    def spec(sh):  # the PartitionSpec without trailing Nones (P(None, None) replicates as P())
+        sh = sh.get_value() if is_var(sh) else sh
+        entries = list(sh if isinstance(sh, P) else sh.spec)
+        while entries and entries[-1] is None:
+            entries.pop()
+        return tuple(entries)
+
+    mesh = T.make_mesh(data=2, fsdp=4)
+    got = logical_to_mesh_sharding(tree, mesh)
+    for name, w in want.items():
+        assert spec(got[name]) == spec(w), (name, spec(got[name]))
+    # a Variable keeps its wrapper and metadata (so optax moments and EMAs map the same way)
+    assert is_var(got["by_name"]) and got["by_name"].get_metadata()["out_sharding"] == (
+        "embed", "mlp")
+    # abstract shapes give the same answer (create_train_state maps eval_shape's output)
+    abstract = jax.eval_shape(lambda: tree["plain_array"])
+    assert tuple(logical_to_mesh_sharding(abstract, mesh).spec) == ("fsdp", None)
+    # rules that put another name on fsdp: no second fsdp dimension, no fallback
+    rules = {"mlp": "fsdp"}
+    assert spec(logical_to_mesh_sharding(tree, mesh, rules)["by_name"]) == (None, "fsdp")
+    # min_size lowers the threshold; fsdp = 1 replicates everything
+    assert spec(logical_to_mesh_sharding(tree, mesh, min_size=1)["small"]) == (None, "fsdp")
+    flat = logical_to_mesh_sharding(tree, T.make_mesh(data=8, fsdp=1))
+    assert all((v.get_value() if is_var(v) else v).is_fully_replicated
+               for v in jax.tree_util.tree_leaves(flat, is_leaf=is_var))
+    with pytest.raises(ValueError, match="do not match"):
+        logical_to_mesh_sharding({"bad": param((4, 4), ("embed",))}, mesh)
+    # the train state uses exactly this mapper for parameters, moments and EMAs
+    opt = T.make_optimizer("adam", 1e-3)
+    init = lambda key: {"w": nnx.Param(jnp.zeros((3, 3, 64, 128)),
+                                       out_sharding=(None, None, "channels_in", "channels_out"),
+                                       eager_sharding=False)}
+    state = T.create_train_state(init, opt, ema_names=("ema",), mesh=mesh)
+    for v in (state.params["w"], state.ema["ema"]["w"]):
+        assert tuple(v.get_value().sharding.spec) == (None, None, None, "fsdp")
 
 
 def test_importance_sampler_state_is_carried_by_the_train_step():
@@ -328,9 +411,10 @@ def test_importance_sampler_state_is_carried_by_the_train_step():
     p = np.asarray(rs.probs(r))
     np.testing.assert_allclose(p, 0.9 * np.asarray(level) / 12.0 + 0.1 / num, rtol=1e-6)
     # a skipped (non-finite) step leaves the history untouched
-    bad = T.make_train_step(lambda *a: (jnp.full((16,), jnp.nan), {"index": jnp.zeros(16, jnp.int32),
-                                                                   "unweighted": jnp.zeros(16)}),
+    nan_aux = {"index": jnp.zeros(16, jnp.int32), "unweighted": jnp.zeros(16)}
+    bad = T.make_train_step(lambda *a: (jnp.full((16,), jnp.nan), nan_aux),
                             opt, {}, 16, loss_takes_state=True, update_extra=update)
     state2, m = jax.jit(bad)(state, {})
     assert float(m["finite"]) == 0.0
-    np.testing.assert_array_equal(np.asarray(state2.extra["resampler"].history), np.asarray(r.history))
+    np.testing.assert_array_equal(np.asarray(state2.extra["resampler"].history),
+                                  np.asarray(r.history))

@@ -11,7 +11,7 @@ sample.
 
 Sets (names accepted by :func:`sample_toy` and by ``get_source('toy:<name>')``):
 
-* ``gmm_small``: the spec's 3-component mixture (``spec_classic.md`` section 14): weights
+* ``gmm_small``: a 3-component 2-D mixture with data inside [-1, 1]: weights
   (0.3, 0.5, 0.2), means (-0.6, -0.3), (0.5, 0.4), (0.0, 0.8), stds (0.10, 0.15, 0.05). Its
   exact denoiser is ``diffjax.analytic.GaussianMixture`` with the constants in :data:`GMM_SMALL`.
 * ``gmm_smooth``: same weights and means, stds 0.3 (a smoother target).
@@ -44,13 +44,13 @@ __all__ = [
     "sample_toy",
 ]
 
-#: The spec's ``gmm_small`` (``spec_classic.md`` section 14): data inside [-1, 1].
+#: ``gmm_small``: a 3-component 2-D Gaussian mixture with data inside [-1, 1].
 GMM_SMALL = dict(
     weights=(0.3, 0.5, 0.2),
     means=((-0.6, -0.3), (0.5, 0.4), (0.0, 0.8)),
     stds=(0.10, 0.15, 0.05),
 )
-#: ``gmm_small`` with every std 0.3 (the spec's ``gmm_smooth``).
+#: ``gmm_smooth``: ``gmm_small`` with every std 0.3.
 GMM_SMOOTH = dict(GMM_SMALL, stds=(0.3, 0.3, 0.3))
 #: 8 Gaussians on a ring: radius and per-component std.
 EIGHT_GAUSSIANS = dict(radius=2.0, std=0.05)
@@ -102,7 +102,7 @@ def gaussian_mixture(
 
 
 def gmm_small(n: int, *, seed: int = 0) -> np.ndarray:
-    """Draws from the spec's ``gmm_small`` mixture (see :data:`GMM_SMALL`).
+    """Draws from the ``gmm_small`` mixture (see :data:`GMM_SMALL`).
 
     Args:
         n: Number of points.

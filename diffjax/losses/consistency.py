@@ -12,9 +12,9 @@ Parameters are explicit because the target network differs from the online one:
 gradient flows) and ``target_params`` (EMA ``theta^-``, stop-gradient) using the **same**
 dropout key, as the reference restores the torch RNG state between the two calls
 (``KarrasDenoiser.consistency_losses``). ``target_params=None`` means ``theta^- = theta``
-(CIFAR-10 CD, spec Appendix B #2).
+(the released CIFAR-10 CD recipe).
 
-Reference-code semantics followed where it differs from the paper (spec Appendix B #1): the
+Reference-code semantics followed where it differs from the paper: the
 CT EMA rate is ``mu(k) = exp(s0 log mu0 / n(k))`` with ``n(k) = N(k) - 1``
 (``cm/script_util.py :: create_ema_and_scales_fn``), so ``mu(0) = mu0^2``.
 
@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.grids import karras_sigma
 from diffjax.losses.diffusion import as_batch, bcast
 from diffjax.processes import EDM
 
@@ -51,7 +52,6 @@ __all__ = [
     "ict_schedule",
     "ict_schedule_fn",
     "lognormal_level_probs",
-    "cm_sigma",
     "teacher_step",
     "cd_target",
     "ct_target",
@@ -75,8 +75,8 @@ def ct_schedule(step: int, total_steps: int, start_scales: int = 2, end_scales: 
 
     ``n(k) = max(1, ceil(sqrt(k/K ((s1+1)^2 - s0^2) + s0^2) - 1))``, ``N(k) = n(k) + 1``,
     ``mu(k) = exp(s0 log(mu0) / n(k))`` -- the reference divides by ``n(k) = N(k) - 1``
-    (``cm/script_util.py :: create_ema_and_scales_fn``, ``progressive`` branch; spec
-    Appendix B #1), not by ``N(k)`` as the paper writes. Host-side float64.
+    (``cm/script_util.py :: create_ema_and_scales_fn``, ``progressive`` branch), not by
+    ``N(k)`` as the paper writes. Host-side float64.
 
     Args:
       step: current optimisation step ``k >= 0``.
@@ -108,8 +108,8 @@ class ct_schedule_fn:  # noqa: N801 -- used like a function: ``ct_schedule_fn(..
     every value is found once on the host with the float64 :func:`ct_schedule` (bisection;
     ``n(k)`` is non-decreasing) and ``n`` is then ``1 + #(boundaries <= k)``: integer
     comparisons, equal to the host schedule at every step (no float32 ``ceil`` at a perfect
-    square). ``mu = exp(s0 log(mu0) / n)`` in float32 (reference semantics, spec Appendix B
-    #1). Instances are hashable by their arguments, so
+    square). ``mu = exp(s0 log(mu0) / n)`` in float32 (reference semantics: ``n = N - 1``).
+    Instances are hashable by their arguments, so
     ``EMASpec(decay_fn=ct_schedule_fn(...).mu)`` is a valid static field.
 
     Args:
@@ -221,26 +221,13 @@ class ict_schedule_fn:  # noqa: N801 -- used like a function, as ct_schedule_fn
         return jnp.minimum(s0 * jnp.left_shift(jnp.int32(1), e), s1).astype(jnp.int32) + 1
 
 
-def cm_sigma(i: Array, num_scales: Array, sigma_min: float = 0.002, sigma_max: float = 80.0,
-             rho: float = 7.0) -> Array:
-    """Karras discretisation point ``sigma_i`` (index 0 = ``sigma_max``), paper eq. 5 /
-    ``karras_diffusion.py :: consistency_losses``; ``i`` and ``num_scales`` may be traced.
-
-    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``.
-    Same values as :func:`diffjax.grids.karras_sigmas` (without the appended zero).
-    """
-    i = jnp.asarray(i)
-    i = i if jnp.issubdtype(i.dtype, jnp.floating) else i.astype(jnp.result_type(float))
-    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    return (a + i / (jnp.asarray(num_scales, i.dtype) - 1) * (b - a)) ** rho
-
-
 def lognormal_level_probs(num_scales: int | Array, sigma_min: float = 0.002,
                           sigma_max: float = 80.0, rho: float = 7.0, p_mean: float = -1.1,
                           p_std: float = 2.0, max_scales: int | None = None) -> Array:
     """iCT's pair-index distribution (Song & Dhariwal 2023, sec. 3.5, eq. 10).
 
-    Pair ``n`` joins ``sigma_n > sigma_{n+1}`` (index 0 = ``sigma_max``, :func:`cm_sigma`) and
+    Pair ``n`` joins ``sigma_n > sigma_{n+1}`` (index 0 = ``sigma_max``,
+    :func:`~diffjax.grids.karras_sigma`) and
     gets the log-normal ``N(P_mean, P_std^2)`` mass of ``ln sigma`` between them:
     ``p(n) ∝ erf((ln sigma_n - P_mean) / (sqrt(2) P_std)) - erf((ln sigma_{n+1} - P_mean) /
     (sqrt(2) P_std))``, ``n = 0 .. N - 2``. With a traced ``num_scales`` pass ``max_scales``
@@ -254,8 +241,8 @@ def lognormal_level_probs(num_scales: int | Array, sigma_min: float = 0.002,
             raise ValueError("a traced num_scales needs a static max_scales")
         max_scales = int(num_scales)
     n = jnp.arange(max_scales - 1, dtype=jnp.float32)
-    hi = cm_sigma(n, num_scales, sigma_min, sigma_max, rho)
-    lo = cm_sigma(n + 1.0, num_scales, sigma_min, sigma_max, rho)
+    hi = karras_sigma(n, num_scales, sigma_min, sigma_max, rho)
+    lo = karras_sigma(n + 1.0, num_scales, sigma_min, sigma_max, rho)
     scale = math.sqrt(2.0) * p_std
     a, b = (jnp.log(hi) - p_mean) / scale, (jnp.log(lo) - p_mean) / scale  # a > b
     erf, erfc = jax.scipy.special.erf, jax.scipy.special.erfc
@@ -460,8 +447,8 @@ def consistency_loss(apply_fn: Callable, params: Any, target_params: Any, key: A
         cdf = jnp.cumsum(probs)
         u = jax.random.uniform(k_idx, (B,), cdf.dtype) * cdf[-1]
         n = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), jnp.asarray(num_scales) - 2)
-    sigma = cm_sigma(n, num_scales, smin, smax, rho).astype(x0.dtype)
-    sigma_next = cm_sigma(n + 1, num_scales, smin, smax, rho).astype(x0.dtype)
+    sigma = karras_sigma(n, num_scales, smin, smax, rho).astype(x0.dtype)
+    sigma_next = karras_sigma(n + 1, num_scales, smin, smax, rho).astype(x0.dtype)
     z = jax.random.normal(k_z, x0.shape, x0.dtype)
     x_t = x0 + bcast(sigma, x0) * z
     f1 = apply_fn(params, x_t, sigma / smax, cond, k_drop)

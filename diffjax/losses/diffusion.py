@@ -30,9 +30,9 @@ EDM             x0           sum           (s^2+sd^2)/(s sd)^2    log-normal sig
 flow / SiT      velocity     mean          1                      U(0, 1) or logit-normal
 ==============  ===========  ============  =====================  =================================
 
-``pixel_reduce`` is explicit because the repositories differ with the same optimum
-(spec_classic.md section 13.1): ``'mean'`` (DDPM ``meanflat``), ``'sum'`` (DDIM, EDM),
-``'half_sum'`` (NCSN, score_sde ``reduce_mean=False``).
+``pixel_reduce`` is explicit because the reference repositories differ (the optimum is the
+same; only the loss scale, hence the effective learning rate, changes): ``'mean'`` (DDPM
+``meanflat``), ``'sum'`` (DDIM, EDM), ``'half_sum'`` (NCSN, score_sde ``reduce_mean=False``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """Inductive Moment Matching, IMM (Zhou, Ermon, Song 2025, arXiv 2503.07565).
 
 Convention: t = 0 data, t = 1 noise, the OT-FM path ``alpha_t = 1 - t``, ``sigma_t = t``
-(:class:`diffjax.processes.Linear`, so diffjax time is IMM time), noise
-``eps ~ N(0, sigma_d^2 I)``. The official repository ships inference only
-(``lumalabs/imm — training/preconds.py :: IMMPrecond``); the preconditioning, DDIM
-interpolant and time embeddings follow it. The loss follows the paper as cross-checked in
-spec §4a against two third-party re-implementations (not official), and the target particles
-use the online parameters under stop-gradient by default (spec Appendix B #7).
+(:data:`diffjax.parameterization.IMM_PROCESS`, a :class:`diffjax.processes.Linear`, so diffjax
+time is IMM time), noise ``eps ~ N(0, sigma_d^2 I)``. ``eta_t = sigma_t / alpha_t`` and
+``lambda_t`` are the process's ``sigma_tilde`` and ``log_snr``. The official repository ships
+inference only (``lumalabs/imm — training/preconds.py :: IMMPrecond``); the preconditioning,
+DDIM interpolant and time embeddings follow it. The loss follows the paper (eq. 12-13, Alg. 1),
+as two third-party re-implementations (not official) also read it, and the target particles
+use the online parameters under stop-gradient by default (``theta^- = stopgrad(theta)``; pass
+``target_params`` for an EMA target).
 
-A network here is ``apply_fn(params, x_t, t, s, cond) -> G`` (the raw output); the maps
-:func:`imm_map` turn ``G`` into ``f_{s,t}(x_t)`` so that CFG can act on ``G`` before the map,
-as ``IMMPrecond.cfg_forward`` does.
+A network here is ``apply_fn(params, x_t, t, s, cond) -> G`` (the raw output); the map
+:func:`diffjax.parameterization.imm_map` turns ``G`` into ``f_{s,t}(x_t)`` so that CFG can act
+on ``G`` before the map, as ``IMMPrecond.cfg_forward`` does; the loss and the sampler
+(:func:`diffjax.samplers.few_step.imm_sample`) both use it.
 """
 
 from __future__ import annotations
@@ -23,17 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.losses.diffusion import as_batch, bcast
+from diffjax.parameterization import IMM_KINDS, IMM_PROCESS, imm_coeffs, imm_map
 
 Array = Any
 
 __all__ = [
-    "IMM_KINDS",
     "eta_of_t",
     "t_of_eta",
     "imm_log_snr",
     "ddim_interpolant",
-    "imm_coeffs",
-    "imm_map",
     "imm_precond",
     "imm_mapping_r",
     "imm_weight",
@@ -42,63 +43,34 @@ __all__ = [
     "imm_loss",
 ]
 
-IMM_KINDS = ("identity", "simple_edm", "euler_fm")
-
 
 def eta_of_t(t: Array) -> Array:
-    """``eta_t = sigma_t / alpha_t = t / (1 - t)`` ("nt")."""
-    return t / (1.0 - t)
+    """``eta_t = sigma_t / alpha_t = t / (1 - t)`` ("nt"): the process's ``sigma_tilde``."""
+    return IMM_PROCESS.sigma_tilde(t)
 
 
 def t_of_eta(eta: Array) -> Array:
-    """``t = eta / (1 + eta)``; ``eta = inf`` (or NaN) maps to 1 (``IMMPrecond.nt_to_t``)."""
+    """Inverse of :func:`eta_of_t`, ``t = eta / (1 + eta)``; ``eta = inf`` (or NaN) maps to 1
+    (``IMMPrecond.nt_to_t``)."""
     eta = jnp.asarray(eta)
     bad = ~jnp.isfinite(eta)
-    safe = jnp.where(bad, 0.0, eta)
-    return jnp.where(bad, 1.0, safe / (1.0 + safe))
+    return jnp.where(bad, 1.0, IMM_PROCESS.t_from_sigma_tilde(jnp.where(bad, 0.0, eta)))
 
 
 def imm_log_snr(t: Array) -> Array:
-    """``lambda_t = 2 (log(1 - t) - log t)`` (``IMMPrecond.get_logsnr``, FM schedule)."""
-    return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+    """``lambda_t = 2 (log alpha_t - log sigma_t) = 2 (log(1 - t) - log t)``
+    (``IMMPrecond.get_logsnr``, FM schedule): the process's ``log_snr``."""
+    return IMM_PROCESS.log_snr(t)
 
 
 def ddim_interpolant(x_t: Array, x_hat: Array, t: Array, s: Array) -> Array:
     """``DDIM(x_t, x_hat, t, s) = (alpha_s - alpha_t sigma_s / sigma_t) x_hat + (sigma_s /
     sigma_t) x_t`` (paper eq. 4; ``IMMPrecond.ddim``: map from t to s given ``x_hat``).
     ``t``, ``s``: per example ``(B,)``."""
+    p = IMM_PROCESS
     tb, sb = bcast(t, x_t), bcast(s, x_t)
-    return ((1.0 - sb) - (1.0 - tb) * sb / tb) * x_hat + (sb / tb) * x_t
-
-
-def imm_coeffs(kind: str, t: Array, s: Array, sigma_data: float = 0.5):
-    """``(c_skip, c_out, c_in)`` with ``f_{s,t}(x) = c_skip x + c_out G(c_in x, ...)``.
-
-    * ``'identity'``: ``f = DDIM(x_t, G, t, s)``: ``c_skip = sigma_s/sigma_t``,
-      ``c_out = alpha_s - alpha_t sigma_s / sigma_t``;
-    * ``'simple_edm'``: ``c_skip = (a_t a_s + s_t s_s)/(a_t^2+s_t^2)``,
-      ``c_out = -(a_s s_t - a_t s_s) sigma_d / sqrt(a_t^2 + s_t^2)``;
-    * ``'euler_fm'``: ``f = x_t - (t - s) sigma_d G``.
-
-    ``c_in = 1 / (sigma_d sqrt(a_t^2 + s_t^2))`` for all (``IMMPrecond.forward``).
-    """
-    if kind not in IMM_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {IMM_KINDS}")
-    at, st, as_, ss = 1.0 - t, t, 1.0 - s, s
-    nrm = jnp.sqrt(at**2 + st**2)
-    c_in = 1.0 / (sigma_data * nrm)
-    if kind == "identity":
-        return ss / st, as_ - at * ss / st, c_in
-    if kind == "simple_edm":
-        return (at * as_ + st * ss) / nrm**2, -(as_ * st - at * ss) * sigma_data / nrm, c_in
-    return jnp.ones_like(t), -(t - s) * sigma_data, c_in
-
-
-def imm_map(kind: str, G: Array, x_t: Array, t: Array, s: Array,
-            sigma_data: float = 0.5) -> Array:
-    """``f_{s,t}(x_t) = c_skip x_t + c_out G`` (:func:`imm_coeffs`)."""
-    c_skip, c_out, _ = imm_coeffs(kind, t, s, sigma_data)
-    return bcast(c_skip, x_t) * x_t + bcast(c_out, x_t) * G
+    ratio = p.sigma(sb) / p.sigma(tb)
+    return (p.alpha(sb) - p.alpha(tb) * ratio) * x_hat + ratio * x_t
 
 
 def imm_precond(net: Callable, kind: str = "euler_fm", temb: str = "identity",
@@ -122,7 +94,7 @@ def imm_precond(net: Callable, kind: str = "euler_fm", temb: str = "identity",
 def imm_mapping_r(s: Array, t: Array, k: int = 12, T: float = 0.994, eta_min: float = 0.0,
                   eta_max: float | None = None) -> Array:
     """``r(s, t) = max(s, eta^-1(eta_t - eps_eta))``, ``eps_eta = (eta_max - eta_min) / 2^k``,
-    ``eta_max = eta(T)`` by default ("constant decrement in eta", paper §4 / spec §4a)."""
+    ``eta_max = eta(T)`` by default ("constant decrement in eta", paper sec. 4)."""
     if not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k must be an integer >= 0; got {k!r}")
     if eta_max is None:
@@ -134,9 +106,10 @@ def imm_mapping_r(s: Array, t: Array, k: int = 12, T: float = 0.994, eta_min: fl
 
 def imm_weight(t: Array, a: float = 1.0, b: float = 4.0) -> Array:
     """``w(t) = 1/2 sigmoid(b - lambda_t) (-d lambda_t / dt) alpha_t^a / (alpha_t^2 + sigma_t^2)``
-    with ``-d lambda / dt = 2 / (t (1 - t))`` (paper eq. 13, FM schedule; spec §4a)."""
-    at, st = 1.0 - t, t
-    return 0.5 * jax.nn.sigmoid(b - imm_log_snr(t)) * (2.0 / (t * (1.0 - t))) * at**a / (
+    with ``-d lambda / dt = 2 / (t (1 - t))`` (paper eq. 13, FM schedule)."""
+    p = IMM_PROCESS
+    at, st = p.alpha(t), p.sigma(t)
+    return 0.5 * jax.nn.sigmoid(b - imm_log_snr(t)) * (2.0 / (st * at)) * at**a / (
         at**2 + st**2)
 
 
@@ -168,13 +141,19 @@ def imm_loss(apply_fn: Callable, params: Any, key: Array, x0: Array, *,
     ``s ~ U(eps_t, t)``, ``r = r(s, t)``; ``x_t = alpha_t x + sigma_t eps`` and
     ``x_r = DDIM(x_t, x, t, r)`` (same ``eps``); ``y_t = f^theta_{s,t}(x_t)`` (gradient),
     ``y_r = stopgrad(f^{theta^-}_{s,r}(x_r))``; kernel weight ``w_tilde = 1/|c_out(s, t)|``;
-    loss ``w(t) MMD^2`` (spec §4a; paper eq. 12-13 / Alg. 1).
+    loss ``w(t) MMD^2`` (paper eq. 12-13 / Alg. 1).
 
     Args:
       apply_fn: ``apply_fn(params, x_t, t, s, cond) -> G`` (e.g. :func:`imm_precond` output).
       params: online parameters. ``target_params``: for ``y_r`` (default: ``params``).
       key: PRNG key. ``x0``: data ``(B, ...)``, ``B`` divisible by ``group_size``.
-      group_size, kind, k, a, b, T, eps_t, sigma_data, eps_k: see spec §4a.
+      group_size: ``M`` particles per group (one ``(t, s)`` per group).
+      kind: the map of :func:`~diffjax.parameterization.imm_map`.
+      k: ``r(s, t)``'s decrement ``2^-k`` (:func:`imm_mapping_r`).
+      a, b: the weighting ``w(t)`` (:func:`imm_weight`).
+      T, eps_t: ``t ~ U(eps_t, T)``.
+      sigma_data: the noise scale ``eps ~ N(0, sigma_d^2 I)``.
+      eps_k: the kernel's distance floor (:func:`laplace_kernel`).
       cond: conditioning ``(B, ...)`` or None.
 
     Returns:
@@ -198,7 +177,7 @@ def imm_loss(apply_fn: Callable, params: Any, key: Array, x0: Array, *,
     rep = lambda v: jnp.repeat(v, group_size)
     t, s, r = rep(tg), rep(sg), rep(rg)
     eps = sigma_data * jax.random.normal(k_e, x0.shape, x0.dtype)
-    x_t = bcast(1.0 - t, x0) * x0 + bcast(t, x0) * eps
+    x_t = IMM_PROCESS.marginal(x0, t, eps)
     x_r = ddim_interpolant(x_t, x0, t, r)
     y_t = imm_map(kind, apply_fn(params, x_t, t, s, cond), x_t, t, s, sigma_data)
     tp = jax.lax.stop_gradient(params if target_params is None else target_params)

@@ -1,21 +1,25 @@
-"""Shortcut models (Frans, Hafner, Levine, Abbeel 2024, arXiv 2410.12557).
+"""Shortcut models (Frans, Hafner, Levine, Abbeel 2024, arXiv 2410.12557), in diffjax time.
 
-Convention (the paper's and the network's): ``t = 0`` is noise, ``t = 1`` is data,
-``x_t = (1 - (1 - 1e-5) t) x_0 + t x_1`` with ``x_0 ~ N(0, I)`` and data ``x_1``; the
-flow target is ``v = x_1 - (1 - 1e-5) x_0``. diffjax time is ``1 - t``
-(:func:`diffjax.adapters.flip_time`); :func:`shortcut_as_velocity` exposes a trained shortcut
-network at a fixed step level as a diffjax ``'velocity'`` model for the standard samplers.
+The paper's path ``x_t' = (1 - (1 - eps) t') x_noise + t' x_data`` (``t' = 0`` noise,
+``t' = 1`` data, ``eps = 1e-5``) is :class:`diffjax.processes.Linear` with
+``sigma_min = eps`` at ``t = 1 - t'``: ``alpha = 1 - t``, ``sigma = eps + (1 - eps) t``
+(:data:`SHORTCUT_PROCESS`). Everything here runs in diffjax time on that process: a model is
+``apply_fn(params, x, t, d_level, labels) -> u``, the velocity ``dx/dt`` of diffjax time at
+step size ``d = 2^-d_level`` (the paper's ``s`` is ``-u``). A network trained in paper time
+enters through :class:`diffjax.adapters.FlippedVelocity` (``u = -s(x, 1 - t, ...)``), the
+only place the paper's time appears.
 
-The network is ``apply_fn(params, x, t, d_level, labels) -> s`` with the step size
-``d = 2^-d_level`` fed as the **integer level** (reference encoding; spec §3d /
-Appendix B #4). Targets follow ``targets_shortcut.py :: get_targets`` (spec §3a):
+The step size is fed as the **integer level** ``d_level`` (the reference's encoding). Targets
+follow the reference ``targets_shortcut.py :: get_targets``:
 
 * the first ``B_b = B // bootstrap_every`` rows are bootstrap rows; the levels
   ``L-1, ..., 0`` (``L = log2 M``) get ``B_b // L`` rows each, deterministic; the remainder
-  gets level 0; ``t`` is uniform on the grid of the row's step size;
-* the remaining ``B - B_b`` rows are flow-matching rows on ``t in {0, 1/M, ...}`` with
-  ``d = 1/M`` (level ``L``; the paper says ``d = 0``: Appendix B #3 follows the code) and
-  labels dropped to the null class ``num_classes`` with probability ``class_dropout_prob``;
+  gets level 0; the paper time ``t'`` is uniform on the grid of the row's step size, so
+  ``t = 1 - t'`` lies in ``{d, 2d, ..., 1}``;
+* the remaining ``B - B_b`` rows are flow-matching rows at ``t' in {0, 1/M, ...}`` with
+  ``d = 1/M`` (level ``L``; the paper's text says ``d = 0``, the reference code uses ``1/M``,
+  followed here) and labels dropped to the null class ``num_classes`` with probability
+  ``class_dropout_prob``;
 * the reference draws the bootstrap and flow ``t``/noise from the **same** keys and takes the
   flow rows from the first ``B - B_b`` images; reproduced.
 """
@@ -30,15 +34,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.adapters import flip_time
+from diffjax.adapters import FixedLevel
+from diffjax.guidance import combine_cfg
 from diffjax.losses.diffusion import as_batch, bcast
+from diffjax.processes import Linear
 
 Array = Any
 
-__all__ = ["bootstrap_levels", "shortcut_targets", "shortcut_loss", "shortcut_as_velocity",
-           "PATH_EPS"]
+__all__ = ["SHORTCUT_PROCESS", "bootstrap_levels", "shortcut_targets", "shortcut_loss",
+           "shortcut_as_velocity"]
 
-PATH_EPS = 1e-5
+#: the paper's path: ``Linear`` with the reference's ``sigma_min = 1e-5``
+SHORTCUT_PROCESS = Linear(sigma_min=1e-5)
 
 
 def _log2_steps(denoise_timesteps: int) -> int:
@@ -74,36 +81,52 @@ def bootstrap_levels(batch_size: int, denoise_timesteps: int = 128,
     return lv, per
 
 
-def shortcut_targets(apply_fn: Callable, ema_params: Any, key: Array, x1: Array,
-                     labels: Array | None = None, *, num_classes: int | None = None,
-                     denoise_timesteps: int = 128, bootstrap_every: int = 8,
-                     class_dropout_prob: float = 0.1, bootstrap_cfg: bool = False,
-                     cfg_scale: float = 1.5, clip: float | None = 4.0,
-                     path_eps: float = PATH_EPS) -> dict:
-    """Inputs and targets of one shortcut batch (``targets_shortcut.py :: get_targets``).
+def _check_process(process):
+    if not isinstance(process, Linear):
+        raise ValueError(f"shortcut models live on a diffjax.processes.Linear process (the "
+                         f"paper's path is Linear(sigma_min=1e-5)); got {type(process).__name__}")
+    return process
 
-    Bootstrap rows (paper eq. 5 / Alg. 1): ``b1 = s(x_t, t, l+1)``,
-    ``x' = clip(x_t + d/2 b1)``, ``b2 = s(x', t + d/2, l+1)``, target ``clip((b1 + b2)/2)``
-    with ``s`` evaluated at ``ema_params`` (``bootstrap_ema=1``), no gradient. With
-    ``bootstrap_cfg`` the first ``B_b // L`` rows (level ``L-1``, whose halves are the flow
-    level) use ``u + cfg_scale (c - u)`` for ``b1`` and ``b2`` (null label = ``num_classes``).
+
+def shortcut_targets(apply_fn: Callable, ema_params: Any, key: Array, x_data: Array,
+                     labels: Array | None = None, *, process: Linear = SHORTCUT_PROCESS,
+                     num_classes: int | None = None, denoise_timesteps: int = 128,
+                     bootstrap_every: int = 8, class_dropout_prob: float = 0.1,
+                     bootstrap_cfg: bool = False, cfg_scale: float = 1.5,
+                     clip: float | None = 4.0) -> dict:
+    """Inputs and targets of one shortcut batch (reference ``targets_shortcut.py ::
+    get_targets``), in diffjax time.
+
+    Bootstrap rows (paper eq. 5 / Alg. 1, step ``h = d/2`` towards the data):
+    ``u1 = u(x_t, t, l+1)``, ``x' = clip(x_t - h u1)``, ``u2 = u(x', t - h, l+1)``, target
+    ``clip((u1 + u2)/2)``, with ``u`` evaluated at ``ema_params`` (``bootstrap_ema=1``), no
+    gradient. With ``bootstrap_cfg`` the first ``B_b // L`` rows (level ``L-1``, whose halves
+    are the flow level) use ``u_null + cfg_scale (u_cond - u_null)`` for ``u1`` and ``u2``
+    (null label = ``num_classes``). Flow rows: ``x_t = alpha x_data + sigma z``, target the
+    path's velocity ``alpha_dot x_data + sigma_dot z = (1 - eps) z - x_data``.
 
     Args:
-      apply_fn: ``apply_fn(params, x, t, d_level, labels) -> s`` in paper time.
+      apply_fn: ``apply_fn(params, x, t, d_level, labels) -> u`` (diffjax time and velocity).
       ema_params: parameters for the bootstrap targets.
       key: PRNG key.
-      x1: data ``(B, ...)``.
+      x_data: data ``(B, ...)``.
       labels: int labels ``(B,)`` or ``None`` (unconditional: no dropout, no CFG).
+      process: the path, a :class:`~diffjax.processes.Linear` (default: the paper's
+        ``sigma_min = 1e-5``).
       num_classes: null label id; required with ``labels``.
+      denoise_timesteps: ``M``, the finest level's number of steps (a power of 2).
+      bootstrap_every: one row in this many is a bootstrap row.
+      class_dropout_prob: label dropout of the flow rows.
+      bootstrap_cfg, cfg_scale: guidance of the level ``L-1`` bootstrap targets.
       clip: the reference's ``[-4, 4]`` clipping (``None`` disables, for exact-oracle tests).
-      path_eps: the ``1e-5`` of the path.
 
     Returns:
-      dict with ``x_t``, ``t``, ``d_level`` (int32), ``target``, ``labels`` (or None),
-      ``is_bootstrap`` (bool (B,)), ``num_bootstrap``.
+      dict with ``x_t``, ``t`` (diffjax time), ``d_level`` (int32), ``target``, ``labels``
+      (or None), ``is_bootstrap`` (bool (B,)), ``num_bootstrap``.
     """
-    x1 = as_batch(x1, "x1")
-    B = x1.shape[0]
+    process = _check_process(process)
+    x_data = as_batch(x_data, "x_data")
+    B = x_data.shape[0]
     L = _log2_steps(denoise_timesteps)
     lv_np, num_dt_cfg = bootstrap_levels(B, denoise_timesteps, bootstrap_every)
     bb = lv_np.shape[0]
@@ -119,21 +142,21 @@ def shortcut_targets(apply_fn: Callable, ema_params: Any, key: Array, x1: Array,
         raise ValueError(f"class_dropout_prob must lie in [0, 1]; got {class_dropout_prob!r}")
     label_key, time_key, noise_key = jax.random.split(key, 3)
     cl = (lambda v: jnp.clip(v, -clip, clip)) if clip is not None else (lambda v: v)
+    dtype = x_data.dtype
 
-    # bootstrap rows
+    # bootstrap rows: paper time k d (k < 2^level) is diffjax time 1 - k d (exact: dyadic)
     lv = jnp.asarray(lv_np)
-    dt = 1.0 / (2.0 ** lv.astype(x1.dtype))
+    dt = 1.0 / (2.0 ** lv.astype(dtype))
     sections = 2 ** lv
-    t_b = jax.random.randint(time_key, (bb,), 0, sections).astype(x1.dtype) / sections
-    xb1 = x1[:bb]
-    xb0 = jax.random.normal(noise_key, xb1.shape, x1.dtype)
-    tb = bcast(t_b, xb1)
-    x_t_b = (1.0 - (1.0 - path_eps) * tb) * xb0 + tb * xb1
+    t_b = 1.0 - jax.random.randint(time_key, (bb,), 0, sections).astype(dtype) / sections
+    xb_data = x_data[:bb]
+    xb_noise = jax.random.normal(noise_key, xb_data.shape, dtype)
+    x_t_b = process.marginal(xb_data, t_b, xb_noise).astype(dtype)
     lab_b = labels[:bb] if labels is not None else None
     half = dt / 2.0
     lv_half = lv + 1
 
-    def s_fn(x, t):
+    def u_fn(x, t):
         if not bootstrap_cfg:
             return apply_fn(ema_params, x, t, lv_half, lab_b)
         n = num_dt_cfg
@@ -143,21 +166,20 @@ def shortcut_targets(apply_fn: Callable, ema_params: Any, key: Array, x1: Array,
         ye = jnp.concatenate([lab_b, jnp.full((n,), num_classes, lab_b.dtype)], axis=0)
         raw = apply_fn(ema_params, xe, te, le, ye)
         cond, unc = raw[:bb], raw[bb:]
-        guided = unc + cfg_scale * (cond[:n] - unc)
-        return jnp.concatenate([guided, cond[n:]], axis=0)
+        return jnp.concatenate([combine_cfg(cond[:n], unc, cfg_scale), cond[n:]], axis=0)
 
-    b1 = s_fn(x_t_b, t_b)
-    x_mid = cl(x_t_b + bcast(half, b1) * b1)
-    b2 = s_fn(x_mid, t_b + half)
-    tgt_b = jax.lax.stop_gradient(cl(0.5 * (b1 + b2)))
+    u1 = u_fn(x_t_b, t_b)
+    x_mid = cl(x_t_b - bcast(half, u1) * u1)
+    u2 = u_fn(x_mid, t_b - half)
+    tgt_b = jax.lax.stop_gradient(cl(0.5 * (u1 + u2)))
 
     # flow-matching rows (same time/noise keys as the reference)
     M = denoise_timesteps
-    t_f = jax.random.randint(time_key, (B,), 0, M).astype(x1.dtype) / M
-    x0 = jax.random.normal(noise_key, x1.shape, x1.dtype)
-    tf = bcast(t_f, x1)
-    x_t_f = (1.0 - (1.0 - path_eps) * tf) * x0 + tf * x1
-    v_f = x1 - (1.0 - path_eps) * x0
+    t_f = 1.0 - jax.random.randint(time_key, (B,), 0, M).astype(dtype) / M
+    noise = jax.random.normal(noise_key, x_data.shape, dtype)
+    x_t_f = process.marginal(x_data, t_f, noise).astype(dtype)
+    tf = bcast(t_f, x_data)
+    u_f = (process.alpha_dot(tf) * x_data + process.sigma_dot(tf) * noise).astype(dtype)
     nf = B - bb
     out_labels = None
     if labels is not None:
@@ -168,46 +190,44 @@ def shortcut_targets(apply_fn: Callable, ema_params: Any, key: Array, x1: Array,
         "x_t": jnp.concatenate([x_t_b, x_t_f[:nf]], axis=0),
         "t": jnp.concatenate([t_b, t_f[:nf]], axis=0),
         "d_level": jnp.concatenate([lv, jnp.full((nf,), L, jnp.int32)], axis=0),
-        "target": jnp.concatenate([tgt_b, v_f[:nf]], axis=0),
+        "target": jnp.concatenate([tgt_b, u_f[:nf]], axis=0),
         "labels": out_labels,
         "is_bootstrap": jnp.arange(B) < bb,
         "num_bootstrap": bb,
     }
 
 
-def shortcut_loss(apply_fn: Callable, params: Any, ema_params: Any | None, key: Array, x1: Array,
-                  labels: Array | None = None, **target_kwargs) -> tuple[Array, dict]:
-    """Shortcut-model loss: plain MSE of ``s_theta(x_t, t, d_level, y)`` to
-    :func:`shortcut_targets` over all rows (reference ``train.py :: loss_fn``).
+def shortcut_loss(apply_fn: Callable, params: Any, ema_params: Any | None, key: Array,
+                  x_data: Array, labels: Array | None = None,
+                  **target_kwargs) -> tuple[Array, dict]:
+    """Shortcut-model loss: plain MSE of ``u_theta(x_t, t, d_level, y)`` to
+    :func:`shortcut_targets` over all rows (reference ``train.py :: loss_fn``; the same
+    numbers as in the paper's time, since ``u = -s`` there and the MSE is sign-blind).
 
     Args:
-      apply_fn: ``apply_fn(params, x, t, d_level, labels) -> s`` (paper time: t=1 is data).
+      apply_fn: ``apply_fn(params, x, t, d_level, labels) -> u`` (diffjax time and velocity).
       params: online parameters.
       ema_params: parameters of the bootstrap targets (``None``: online params under
         stop-gradient, ``bootstrap_ema=0``).
-      key, x1, labels: see :func:`shortcut_targets`; ``target_kwargs`` are passed to it.
+      key, x_data, labels: see :func:`shortcut_targets`; ``target_kwargs`` (``process``,
+        ``denoise_timesteps``, ...) are passed to it.
 
     Returns:
-      ``(loss (B,), aux)``; ``aux`` has the :func:`shortcut_targets` dict plus ``'t'`` in
-      diffjax time (``flip_time``), ``'weight'`` and ``'unweighted'``.
+      ``(loss (B,), aux)``; ``aux`` has the :func:`shortcut_targets` dict plus ``'index'``
+      (the level), ``'weight'`` and ``'unweighted'``.
     """
     tgt_params = jax.lax.stop_gradient(params if ema_params is None else ema_params)
-    tg = shortcut_targets(apply_fn, tgt_params, key, x1, labels, **target_kwargs)
+    tg = shortcut_targets(apply_fn, tgt_params, key, x_data, labels, **target_kwargs)
     pred = apply_fn(params, tg["x_t"], tg["t"], tg["d_level"], tg["labels"])
     per = jnp.mean((pred - tg["target"]) ** 2, axis=tuple(range(1, pred.ndim)))
     aux = dict(tg)
-    aux.update({"t_paper": tg["t"], "t": flip_time(tg["t"]), "index": tg["d_level"],
-                "weight": jnp.ones_like(per), "unweighted": per})
+    aux.update({"index": tg["d_level"], "weight": jnp.ones_like(per), "unweighted": per})
     return per, aux
 
 
-def shortcut_as_velocity(model: Callable, d_level: int) -> Callable:
-    """A shortcut model ``model(x, t_paper, d_level, cond)`` at a fixed level as a diffjax
-    ``'velocity'`` model: ``u(x, t) = -s(x, 1 - t, d_level)`` (``dt = -dt_paper``)."""
-
-    def velocity(x, t, cond=None):
-        t = flip_time(t)
-        lv = jnp.full(t.shape, d_level, jnp.int32)
-        return -model(x, t, lv, cond)
-
-    return velocity
+def shortcut_as_velocity(model: Callable, d_level: int) -> FixedLevel:
+    """A shortcut model ``model(x, t, d_level, cond)`` (diffjax time and velocity) at a fixed
+    level as a diffjax ``'velocity'`` model ``u(x, t, cond)`` for the standard samplers (a
+    pytree: :class:`diffjax.adapters.FixedLevel`). At the flow level ``log2 M`` this is the
+    flow-matching velocity of the process."""
+    return FixedLevel(model, int(d_level))

@@ -1,12 +1,17 @@
 """Flax NNX models.
 
 Transformer family (owner: DiT/SiT/LightningDiT work): :mod:`~diffjax.models.layers`,
-:mod:`~diffjax.models.dit`, :mod:`~diffjax.models.guidance_cfg`, :mod:`~diffjax.models.flops`.
+:mod:`~diffjax.models.dit`, :mod:`~diffjax.models.flops`.
 UNet family: see the marked section at the bottom.
+
+:func:`classifier_free_guidance` is re-exported from :mod:`diffjax.guidance` (the single
+classifier-free guidance implementation lives there; ``diffjax.guidance`` never imports
+``diffjax.models``).
 """
 
-# ==== transformer family: layers.py, dit.py, guidance_cfg.py, flops.py =======================
-from diffjax.models import dit, flops, guidance_cfg, layers
+# ==== transformer family: layers.py, dit.py, flops.py ========================================
+from diffjax.guidance import classifier_free_guidance
+from diffjax.models import dit, flops, layers
 from diffjax.models.dit import (
     PRESETS,
     Denoiser,
@@ -20,11 +25,10 @@ from diffjax.models.dit import (
     load_state_dict,
 )
 from diffjax.models.flops import ModelCost, count_params, dit_cost, forward_cost
-from diffjax.models.guidance_cfg import classifier_free_guidance
 from diffjax.models.layers import DEFAULT_RULES, activation_sharding, logical_to_mesh_sharding
 
 __all__ = [
-    "dit", "flops", "guidance_cfg", "layers",
+    "dit", "flops", "layers",
     "PRESETS", "Denoiser", "DiT", "DiTConfig", "LatentNorm", "as_denoiser", "build",
     "dit_config", "from_converted", "load_state_dict",
     "ModelCost", "count_params", "dit_cost", "forward_cost",

@@ -29,9 +29,21 @@ an :func:`activation_sharding` context is active. Names used:
 ``act_mlp``     activations: MLP hidden axis
 ==============  ==========================================================================
 
-:func:`logical_to_mesh_sharding` maps these names to mesh axes with a rules table (as
-big_vision ``sharding_rules`` / MaxText ``logical_axis_rules``); :data:`DEFAULT_RULES` puts the
-batch on ``('data', 'fsdp')`` and the ``embed`` axis of parameters on ``'fsdp'``.
+Sharding
+--------
+This module holds the library's one names-to-sharding mapper; models (activation constraints)
+and :mod:`diffjax.train` (parameter, optimizer-moment and EMA shardings) both use it.
+
+* :func:`logical_to_pspec` maps logical names to a ``PartitionSpec`` with a rules table (as
+  big_vision ``sharding_rules`` / MaxText ``logical_axis_rules``); :data:`DEFAULT_RULES` puts
+  the batch on ``('data', 'fsdp')`` and the ``embed`` axis of parameters on ``'fsdp'``. Names
+  missing from the table, and dimensions the mesh axes do not divide, are replicated.
+  :func:`constrain` (activations) uses this alone.
+* :func:`logical_to_mesh_sharding` maps a whole tree of parameter-like leaves: the rules
+  first; then, for an array the rules leave off the ``fsdp`` mesh axis (no logical names, names
+  missing from the table, or names whose dimensions the axis does not divide), FSDP by shape:
+  the largest dimension the rules left replicated and the ``fsdp`` axis size divides is split
+  over ``fsdp`` (big_vision's "fsdp" rule). Arrays under ``min_size`` elements stay replicated.
 
 Numerics: parameters are stored in ``param_dtype`` (fp32) and cast to the compute ``dtype``
 (e.g. bf16) at use; normalisation statistics and softmax are computed in fp32.
@@ -160,30 +172,68 @@ def logical_to_pspec(names: Sequence[str | None] | None, rules: Any = None,
     return PartitionSpec(*out)
 
 
-def logical_to_mesh_sharding(state: Any, mesh: Mesh, rules: Any = None) -> Any:
-    """``NamedSharding`` for every variable of an NNX state, from its logical axis names.
+def _fsdp_by_shape(spec: list, shape: tuple[int, ...], mesh: Mesh, min_size: int,
+                   fsdp_axis: str) -> list:
+    """Put ``fsdp_axis`` on the largest dimension of ``shape`` still replicated in ``spec`` that
+    the axis size divides (ties: the last such dimension), unless ``spec`` already uses the axis,
+    the mesh lacks it or it has size 1, or the array has fewer than ``min_size`` elements."""
+    n = mesh.shape.get(fsdp_axis, 1)
+    used = {a for entry in spec if entry is not None
+            for a in ((entry,) if isinstance(entry, str) else entry)}
+    if n == 1 or fsdp_axis in used or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return spec
+    for axis in sorted(range(len(shape)), key=lambda i: (shape[i], i), reverse=True):
+        if spec[axis] is None and shape[axis] % n == 0:
+            return spec[:axis] + [fsdp_axis] + spec[axis + 1:]
+    return spec
+
+
+def logical_to_mesh_sharding(tree: Any, mesh: Mesh, rules: Any = None, *,
+                             min_size: int = 2**12, fsdp_axis: str = "fsdp") -> Any:
+    """``NamedSharding`` for every array of a tree: logical names first, FSDP by shape as the
+    fallback (see the module docstring).
+
+    For each leaf (an ``nnx.Variable`` or an array; shapes may be abstract):
+
+    1. its logical axis names (``nnx.Variable`` metadata ``out_sharding``) are mapped with
+       ``rules`` by :func:`logical_to_pspec` (unnamed leaves start fully replicated);
+    2. if that does not use ``fsdp_axis`` and the leaf has at least ``min_size`` elements, the
+       largest still-replicated dimension divisible by the ``fsdp_axis`` size is split over it.
+
+    Optimizer states built by optax over an ``nnx.State`` and EMA copies carry the parameters'
+    variables and metadata, so mapping them gives exactly the parameters' shardings.
 
     Args:
-      state: an ``nnx.State`` (concrete or abstract, e.g. from ``nnx.eval_shape``) whose
-        variables carry ``out_sharding`` metadata (set by this module's layers).
+      tree: an ``nnx.State`` (concrete or abstract, e.g. from ``nnx.eval_shape`` or
+        ``jax.eval_shape``), an optimizer state, or any pytree of arrays.
       mesh: the device mesh, e.g. ``jax.make_mesh((2, 4), ('data', 'fsdp'))``.
       rules: logical -> mesh axis table (default :data:`DEFAULT_RULES`).
+      min_size: arrays with fewer elements are never split by the shape fallback.
+      fsdp_axis: the mesh axis of the shape fallback (absent from the mesh: no fallback).
 
     Returns:
-      A tree shaped like ``state`` (variables replaced by variables holding a
-      ``NamedSharding``), usable as ``jax.device_put(state, shardings)`` or as
-      ``out_shardings`` of a jitted init.
+      A tree shaped like ``tree`` (variables replaced by variables holding a
+      ``NamedSharding``, other leaves by a ``NamedSharding``), usable as
+      ``jax.device_put(tree, shardings)`` or as ``out_shardings`` of a jitted init.
+
+    Raises:
+      ValueError: a variable's logical names do not match its number of dimensions.
     """
 
-    def one(v):
-        if isinstance(v, nnx.Variable):
-            names = v.get_metadata().get("out_sharding")
-            shape = getattr(v.get_value(), "shape", None)
-            spec = logical_to_pspec(names, rules, mesh, shape)
-            return v.replace(NamedSharding(mesh, spec))
-        return NamedSharding(mesh, PartitionSpec())
+    def one(leaf):
+        is_var = isinstance(leaf, nnx.Variable)
+        names = leaf.get_metadata().get("out_sharding") if is_var else None
+        shape = tuple(getattr(leaf.get_value() if is_var else leaf, "shape", ()))
+        if names and len(names) != len(shape):
+            raise ValueError(f"logical axis names {tuple(names)} do not match the array shape "
+                             f"{shape}")
+        spec = list(logical_to_pspec(names, rules, mesh, shape)) if names else []
+        spec += [None] * (len(shape) - len(spec))
+        spec = _fsdp_by_shape(spec, shape, mesh, min_size, fsdp_axis) if shape else spec
+        sharding = NamedSharding(mesh, PartitionSpec(*spec))
+        return leaf.replace(sharding) if is_var else sharding
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 @contextlib.contextmanager

@@ -8,16 +8,19 @@ from diffjax.samplers.driver import (
     StepContext,
     lower_sample,
     make_denoise,
+    make_raw,
     per_sample_keys,
     sample,
     trace_count,
 )
 from diffjax.samplers.edm import EDMStochastic, EulerAncestral
 from diffjax.samplers.few_step import (
-    consistency_onestep,
-    imm_pushforward_sample,
+    ConsistencyStep,
+    IMMStep,
+    ShortcutStep,
+    consistency_sample,
+    imm_sample,
     shortcut_sample,
-    stochastic_iterative_sampler,
 )
 from diffjax.samplers.langevin import AnnealedLangevin
 from diffjax.samplers.ode import RK4, DPMSolverPP2M, Euler, Heun

@@ -1,6 +1,7 @@
 """The sampler driver: one jitted ``lax.scan`` over a precomputed time grid.
 
-Design (ARCHITECTURE.md section 3, idea 4):
+Design: every sampler is this one driver plus a small step object, so keys, sharding, tracing
+and compile-time guarantees are written once.
 
 * A **model** is any callable ``model(x, t, cond) -> prediction`` with ``t`` of shape
   ``(B,)`` in diffjax time; ``prediction`` names what it returns (``'eps'``, ``'x0'``,
@@ -8,7 +9,10 @@ Design (ARCHITECTURE.md section 3, idea 4):
   and guidance wrappers all look the same.
 * A **step** is a small pytree (``flax.struct.dataclass``) with the method
   ``step(ctx, x, t, s, state) -> (x_next, state)`` that moves the batch from time ``t`` to
-  ``s``. Its float fields (eta, churn, snr, ...) are leaves, hence traced.
+  ``s``. Its float fields (eta, churn, snr, ...) are leaves, hence traced. Diffusion steps use
+  ``ctx.denoise`` (the prediction as ``(x0, eps)``); few-step maps whose network output is not
+  a denoiser (a shortcut velocity at a fixed step size, IMM's ``G(x_t, t, s)``) use
+  ``ctx.raw(x, *times)``, the model's own output.
 * The **driver** scans the step over consecutive grid points, so compile time does not
   depend on the number of steps.
 
@@ -20,7 +24,9 @@ key). So a guidance scale or eta held as a float in a pytree (``flax.struct.data
 constants of the compiled program instead.
 
 Randomness. Sample ``i`` uses the key ``fold_in(key, sample_offset + i)``: its initial noise
-is drawn from ``fold_in(k_i, 0)`` and step ``n``'s noise from ``fold_in(k_i, n + 1)``. No
+``z`` is drawn from ``fold_in(k_i, 0)`` (the start is ``step.prior_std(process, t_0) z``,
+``sigma(t_0) z`` unless the step says otherwise) and step ``n``'s noise from
+``fold_in(k_i, n + 1)``. No
 draw depends on the batch size or the device count (as EDM's ``StackedRandomGenerator``).
 
 Sharding. With more than one device and a batch divisible by the device count, the batch
@@ -52,13 +58,16 @@ from diffjax.processes import Process
 
 Array = Any
 
-__all__ = ["StepContext", "Step", "sample", "lower_sample", "make_denoise", "trace_count", "per_sample_keys"]
+__all__ = ["StepContext", "Step", "sample", "lower_sample", "make_denoise", "make_raw",
+           "trace_count", "per_sample_keys"]
 
 _TRACES = {"count": 0}
 
 
 def trace_count() -> int:
-    """How many times the sampler body has been traced (a retrace guard for tests)."""
+    """How many times :func:`sample`'s program has been traced in this process: the driver's
+    own compile counter (benchmarks report it; tests check that new parameter values do not
+    retrace, without wrapping the model)."""
     return _TRACES["count"]
 
 
@@ -72,6 +81,9 @@ class StepContext(NamedTuple):
       index: step index ``n`` (int32 scalar, 0 for the first step).
       num_steps: number of steps ``N`` of the grid (static int).
       is_last: ``n == N - 1`` (bool scalar).
+      raw: ``raw(x, *times) -> model(x, *times_b, cond)``, the model's own output, each time
+        (scalar or ``(B,)``) broadcast to ``(B,)``: for steps whose model is not a denoiser of
+        ``(x, t)`` (e.g. IMM's ``g(x, t, s, cond)``).
     """
 
     denoise: Callable[[Array, Array], Prediction]
@@ -80,6 +92,7 @@ class StepContext(NamedTuple):
     index: Array
     num_steps: int
     is_last: Array
+    raw: Callable[..., Array]
 
     def normal(self, x: Array, salt: int = 0) -> Array:
         """Per-sample standard normal draws shaped like ``x``; ``salt`` separates several
@@ -99,6 +112,11 @@ class Step:
     def init(self, x: Array, grid: Array) -> Any:
         """Initial step state (e.g. a multistep solver's history)."""
         return ()
+
+    def prior_std(self, process: Process, t0: Array) -> Array:
+        """Standard deviation of the initial draw at ``t_0`` (``x = prior_std z``):
+        ``sigma(t_0)``, the marginal's noise part. IMM overrides it (``sigma_d``)."""
+        return process.sigma(t0)
 
     def __call__(self, ctx: StepContext, x: Array, t: Array, s: Array, state: Any):
         raise NotImplementedError
@@ -129,6 +147,20 @@ def make_denoise(model: Callable, process: Process, prediction: str, cond: Any =
         return Prediction(x0, eps, v_var)
 
     return denoise
+
+
+def make_raw(model: Callable, cond: Any = None):
+    """Build ``raw(x, *times) -> model(x, *times_b, cond)`` with each time broadcast to
+    ``(B,)`` (the model's own output, for :attr:`StepContext.raw`)."""
+
+    def raw(x, *times):
+        tb = []
+        for t in times:
+            t = jnp.asarray(t, jnp.float32)
+            tb.append(jnp.broadcast_to(t, (x.shape[0],)) if t.ndim == 0 else t)
+        return model(x, *tb, cond)
+
+    return raw
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,8 +209,23 @@ def partition_static(tree):
     return dyn, _Static(treedef, static)
 
 
+def _structural_hash(v) -> int:
+    """A hash consistent with ``==`` for static parts: lists and dicts (rebuilt on every flatten,
+    e.g. the key lists in an ``nnx.State``'s node data) hash by content, so equal static parts
+    hit the compile cache; other unhashable values hash by identity."""
+    if isinstance(v, (list, tuple)):
+        return hash((type(v).__name__,) + tuple(_structural_hash(x) for x in v))
+    if isinstance(v, dict):
+        return hash(("dict",) + tuple((_structural_hash(k), _structural_hash(x))
+                                      for k, x in v.items()))
+    try:
+        return hash(v)
+    except TypeError:
+        return id(v)
+
+
 class _Hashable:
-    """Wraps a static leaf; unhashable leaves compare by identity."""
+    """Wraps a static leaf; equal leaves hash equally (:func:`_structural_hash`)."""
 
     __slots__ = ("v",)
 
@@ -186,10 +233,7 @@ class _Hashable:
         self.v = v
 
     def __hash__(self):
-        try:
-            return hash(self.v)
-        except TypeError:
-            return id(self.v)
+        return _structural_hash(self.v)
 
     def __eq__(self, other):
         if not isinstance(other, _Hashable):
@@ -246,16 +290,18 @@ def _run(dyn, key, grid, x_init, offset, *, static: _Static, config: _Config):
         x = x_init.astype(jnp.float32)
     else:
         z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape[1:]))(keys)
-        x = process.sigma(grid[0]) * z
+        x = step.prior_std(process, grid[0]) * z
     x = _constrain(x, config.mesh)
-    denoise = make_denoise(model, process, config.prediction, cond, config.learned_variance, clip_x0)
+    denoise = make_denoise(model, process, config.prediction, cond, config.learned_variance,
+                           clip_x0)
+    raw = make_raw(model, cond)
     state0 = step.init(x, grid)
 
     def body(carry, inp):
         x, state = carry
         n, t, s = inp
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, n + 1)
-        ctx = StepContext(denoise, process, step_keys, n, num_steps, n == num_steps - 1)
+        ctx = StepContext(denoise, process, step_keys, n, num_steps, n == num_steps - 1, raw)
         x_next, state = step(ctx, x, t, s, state)
         x_next = _constrain(x_next.astype(x.dtype), config.mesh)
         return (x_next, state), (x_next if config.return_trajectory else None)

@@ -7,7 +7,7 @@ checkpointed with them (iDDPM's loss history for importance sampling,
 :class:`~diffjax.losses.timesteps.ResamplerState`; empty for most methods).
 :func:`create_train_state` builds the state already sharded: the initialiser is traced
 abstractly (``jax.eval_shape``), shardings are chosen from the abstract shapes (and the
-parameters' logical axis names, :func:`diffjax.train.sharding.param_shardings`), and
+parameters' logical axis names, :func:`diffjax.models.layers.logical_to_mesh_sharding`), and
 ``jax.jit(init, out_shardings=...)`` materialises every array directly on its devices.
 """
 
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from diffjax.train.sharding import param_shardings, replicated
+from diffjax.models.layers import logical_to_mesh_sharding
+from diffjax.train.sharding import replicated
 
 __all__ = ["TrainState", "create_train_state", "state_shardings"]
 
@@ -57,9 +58,10 @@ def _init_state(init_params: Callable, optimizer: optax.GradientTransformation,
 
 
 def state_shardings(abstract_state: TrainState, mesh, rules=None) -> TrainState:
-    """Parameters, EMAs and optimizer moments sharded by :func:`param_shardings` (logical
-    axis names where the model declares them, else the FSDP shape rule); scalars and
-    ``extra`` replicated.
+    """Parameters, EMAs and optimizer moments sharded by
+    :func:`diffjax.models.layers.logical_to_mesh_sharding` (logical axis names through
+    ``rules`` first, then the FSDP shape rule for arrays the rules leave off the ``fsdp`` axis);
+    scalars and ``extra`` replicated.
 
     Optimizer moments and EMAs mirror the parameter tree (optax and :func:`update_emas` map
     over it, keeping each ``nnx.Variable``'s metadata), so they receive exactly the
@@ -67,7 +69,7 @@ def state_shardings(abstract_state: TrainState, mesh, rules=None) -> TrainState:
     communication.
     """
     rep = replicated(mesh)
-    shard = lambda tree: param_shardings(tree, mesh, rules=rules)
+    shard = lambda tree: logical_to_mesh_sharding(tree, mesh, rules)
     return TrainState(
         step=rep,
         params=shard(abstract_state.params),

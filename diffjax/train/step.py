@@ -3,7 +3,9 @@
 ``make_train_step(loss_fn, optimizer, ema_specs, batch_size)`` returns
 ``train_step(state, batch) -> (state, metrics)`` where ``loss_fn(params, key, batch) ->
 (per_example_loss, aux)`` is any of :mod:`diffjax.losses` bound to a model. The batch mean
-is differentiated (never a per-device mean: see ENVIRONMENT.md on ``pmean`` of gradients).
+is differentiated under ``jit`` on the global batch, never a per-device mean followed by a
+``pmean`` of the gradients: inside ``shard_map``, ``pmean`` of per-device gradients gives N
+times the gradient on N devices.
 If the loss or any gradient is not finite, the update is skipped (parameters, optimizer
 state and EMAs keep their values), ``state.skipped`` is incremented, and ``metrics['finite']``
 is 0; :func:`diffjax.train.loop.fit` raises after too many in a row.
