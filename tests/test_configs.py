@@ -173,7 +173,7 @@ def test_recipe_bad_inputs_name_the_key(tmp_path):
         cli.main(["train"] + dit + [f"--config.data.name={_latents(tmp_path, size=16)}"])
     with pytest.raises(ValueError, match=r"unknown config key 'nope'"):
         cli.main(["train"] + ddpm + ["--config.model.nope=1"])
-    with pytest.raises(ValueError, match=r"unknown config.method keys \['bogus'\]"):
+    with pytest.raises(ValueError, match=r"unknown config key 'bogus'"):
         cli.main(["train"] + _recipe_args("ct_cifar10", tmp_path, tmp_path / "d")
                  + ["--config.method.bogus=1"])
     with pytest.raises(ValueError, match="unknown sample.sampler 'nope'"):

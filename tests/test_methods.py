@@ -47,6 +47,7 @@ CASES = {
     "diffusion": (dict(precond="edm"), "edm", None, 0),
     "ct": (dict(precond="edm"), "edm", dict(name="ct", sample_ts=(0, 9, 17), sample_grid=18), 0),
     "ict": (dict(precond="edm"), "edm", dict(name="ct", schedule="ict", target_ema="",
+                                             total_steps=64,
                                              level_sampling="lognormal", weighting="ict",
                                              metric="pseudo_huber"), 0),
     "shortcut": (dict(second_scalar=True, time_input="sit", negate_output=True), "linear",

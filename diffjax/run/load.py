@@ -97,8 +97,7 @@ class Loaded:
                                  "its sampling keys in config.method)")
             # a new Method is cheap: the jitted program is keyed on the model's and step's
             # structure, so the same sampler with new values (a guidance scale) never retraces
-            sampling = dataclasses.replace(build_sampling(self.config, self.process),
-                                           **overrides)
+            sampling = build_sampling(self.config, self.process, **overrides)
             method = M.diffusion(self.built.setup, loss=_unused, sampling=sampling)
         if cond is None:
             cond = class_labels(int(n), self.num_classes, offset)

@@ -14,8 +14,9 @@ Load a run trained by `python -m diffjax train` (the README's first command writ
 goes through one jitted `lax.scan` driver: a new guidance scale or new step values are traced
 values, so they run the already compiled program; a new sampler family compiles once."""),
     new_code_cell("""import os, time
+import io
 import numpy as np
-from IPython.display import display
+from IPython.display import Image as PNG, display
 from PIL import Image
 import diffjax as dj
 from diffjax.utils import image_grid
@@ -26,11 +27,12 @@ run = dj.load(WORKDIR)          # newest checkpoint, EMA weights
 print(f"step {run.step}, weights {run.weights!r}, method {run.method.name!r}, "
       f"process {type(run.process).__name__}, predicts {run.prediction!r}, "
       f"samples of shape {run.x_shape}, classes {run.num_classes}")"""),
-    new_code_cell("""def show(x, title, scale=4):
-    grid = image_grid(np.asarray(x)[..., :3])   # uint8, one tile per sample
-    img = Image.fromarray(grid)
+    new_code_cell("""def show(x, title):
+    grid = image_grid(np.asarray(x)[..., :3])   # [0, 1], small samples enlarged
+    buf = io.BytesIO()
+    Image.fromarray(np.round(grid * 255).astype(np.uint8)).save(buf, "PNG")
     print(title)
-    display(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
+    display(PNG(data=buf.getvalue()))
 
 t0 = time.perf_counter(); x = run.sample(32, seed=0); first = time.perf_counter() - t0
 traces = S.trace_count()
