@@ -509,6 +509,7 @@ def build(config, *, data: bool = True, x_shape=None, has_label: bool = False,
 
 
 def read_run(workdir) -> dict:
+    """``workdir/run.json``: the config, data shape and version the run was trained with."""
     path = Path(workdir) / "run.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} holds no diffjax run "

@@ -1,6 +1,6 @@
 """Training and sampling throughput on one accelerator: img/s, MFU, peak memory, HLO checks.
 
-The issue-6 table (goals in ``shared/anchors/PERFORMANCE.md``): DiT-XL/2 and DiT-B/2 train
+The issue-6 table (the targets are the PyTorch peers' measured speed): DiT-XL/2 and DiT-B/2 train
 steps at ImageNet-256 latent shapes (32x32x4, 1000 classes, learned sigma: 8 output channels),
 the DDPM/ADM UNets at CIFAR-10 and ImageNet-64 sizes, and DiT-XL/2 sampling with classifier-free
 guidance (batch 64, 250 DDPM steps). Everything is the library's real code path:
@@ -12,7 +12,7 @@ guidance (batch 64, 250 DDPM steps). Everything is the library's real code path:
   :class:`diffjax.guidance.ClassifierFreeGuidance` (one batched forward of ``[y, null]``),
   DDPM ancestral steps with the learned variance.
 
-Timing protocol (as the peers' in PERFORMANCE.md): 3 warm-up steps, then the median of 3
+Timing protocol (as the peers' measurements): 3 warm-up steps, then the median of 3
 blocks of 10 steps (``--tiny``: 1 block of 2). MFU = model FLOPs / (time x peak), model FLOPs =
 3 x the forward's matmul FLOPs (2 x the papers' MACs: DiT-XL/2 237.2 GFLOP per image), peak =
 the chip's dense bf16 (H100/H200 SXM: 989 TFLOP/s; ``--peak_tflops`` otherwise). Also
