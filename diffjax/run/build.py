@@ -522,6 +522,11 @@ def restore(config, workdir, *, data: bool = False, teacher=None) -> tuple[Built
     shapes on one device (no throwaway concrete state is built first). The data set is opened
     only with ``data`` or when ``workdir/run.json`` does not record the data shape."""
     workdir = Path(workdir)
+    ckdir = workdir / "checkpoints"
+    if not ckdir.is_dir() or not any(p.name.isdigit() for p in ckdir.iterdir()):
+        # before building anything, and without creating the folder
+        raise FileNotFoundError(f"no checkpoint under {ckdir}; run `python -m diffjax train` "
+                                "with this --workdir first")
     saved = read_run(workdir) if (workdir / "run.json").is_file() and not data else None
     if saved is not None:
         built = build(config, data=False, x_shape=tuple(saved["x_shape"]),

@@ -22,6 +22,7 @@ Flags are absl flags; config keys are overridden with ``--config.train.num_steps
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from diffjax.run.demo import run_demo
 
@@ -95,9 +96,43 @@ def _apply_eval_overrides(config, overrides):
             config.eval[k] = parse(v)
 
 
-def main(argv=None) -> dict | list:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns its result."""
+HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
+
+
+def help_text(argv) -> str:
+    """What ``--help`` prints: the commands, the flags, and (with ``--config``) every config key
+    with its current value."""
+    text = [__doc__.strip(), "", "Flags:"]
+    fv = _flag_values(["diffjax"])
+    for name in ("config", "workdir", "num_samples", "seed", "quick", "images", "distributed"):
+        text.append(f"  --{name}: {fv[name].help}")
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec:
+        from diffjax.run.config import load_config
+
+        text += ["", f"Config {spec} (override any key with --config.KEY=VALUE):",
+                 str(load_config(spec))]
+    return "\n".join(text)
+
+
+def _check_config_file(argv):
+    """A missing config file, named before absl/ml_collections report it obscurely."""
+    for a in argv:
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1].partition(":")[0]
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"--config: config file {path!r} does not exist")
+
+
+def main(argv=None) -> dict | list | str:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns its result
+    (``--help`` at any position: the help text, also printed)."""
     argv = list(sys.argv if argv is None else ["diffjax"] + list(argv))
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        text = help_text(argv)
+        print(text)
+        return text
+    _check_config_file(argv)
     argv, eval_overrides = _eval_overrides(argv)
     FLAGS = _flag_values(argv)
     try:

@@ -180,7 +180,6 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
     from diffjax import evaluation as EV
 
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     ecfg = _eval_settings(config, num_samples)
     progress = bool(ecfg.get("progress", True))
     out: dict = {}
@@ -193,10 +192,11 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
         protocol.update(samples=f"{images} ({n} images, made elsewhere)" if not points
                         else f"{images} ({n} points, made elsewhere)")
     else:
-        s, state = restore(config, workdir, data=True)
+        s, state = restore(config, workdir, data=True)  # fails first when there is none
         points = len(s.setup.x_shape) == 1
         n = ecfg["num_samples"]
         protocol.update(checkpoint_step=int(state.step))
+    workdir.mkdir(parents=True, exist_ok=True)  # the reports go here
     metrics = ecfg["metrics"]
     auto = metrics == ("auto",)
     # a diffjax.methods config trains its own loss: the held-out `loss` is the plain one

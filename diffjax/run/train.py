@@ -19,7 +19,7 @@ from diffjax import train as T
 from diffjax.run.build import Built, build, sample_weights
 from diffjax.run.config import section, to_dict
 
-__all__ = ["train", "write_samples", "quality_figure", "class_labels"]
+__all__ = ["train", "write_samples", "quality_figure", "class_labels", "check_train_keys"]
 
 
 def class_labels(n: int, num_classes: int | None, offset: int = 0):
@@ -54,10 +54,12 @@ def write_samples(built: Built, params, workdir, *, num_samples=None, seed=None,
 
 
 def train(config, workdir) -> dict:
-    """Train from ``config`` in ``workdir`` (resuming if checkpoints exist); then sample."""
+    """Train from ``config`` in ``workdir`` (resuming if checkpoints exist); then sample.
+    Bad step counts and intervals fail before any model is built or any file is written."""
+    check_train_keys(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     built = build(config)
+    workdir.mkdir(parents=True, exist_ok=True)
     data, setup = built.data, built.setup
     scfg = config.get("sample") or {}
     if not config.get("method") and float(scfg.get("guidance", 1.0)) != 1.0 \
@@ -124,6 +126,21 @@ def train(config, workdir) -> dict:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("summary:", json.dumps(summary, default=str))
     return out
+
+
+def check_train_keys(config):
+    """``train.num_steps``, ``train.log_every``, ``train.save_every`` and ``data.batch_size``
+    must be integers >= 1 (``sample_every`` >= 0); raises naming the key."""
+    tcfg, dcfg = section(config.get("train")), section(config.get("data"))
+    for where, d, key, lo in (("train", tcfg, "num_steps", 1), ("train", tcfg, "log_every", 1),
+                              ("train", tcfg, "save_every", 1),
+                              ("train", tcfg, "sample_every", 0),
+                              ("data", dcfg, "batch_size", 1)):
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise ValueError(f"{where}.{key} must be an integer >= {lo}; got {v!r}")
+    if tcfg.get("num_steps") is None:
+        raise ValueError("train.num_steps is required (an integer >= 1)")
 
 
 def quality_figure(samples, data, workdir) -> dict:
