@@ -121,7 +121,8 @@ def test_recipe_smoke_trains_samples_and_evaluates(name, tmp_path):
     assert x.shape[0] == out["samples"]["num_samples"] and np.all(np.isfinite(x))
     assert (work / "samples.png").read_bytes()[:4] == b"\x89PNG"
     res = cli.main(["sample"] + args + ["--num_samples=2", "--seed=3"])
-    y = np.load(work / "samples.npz")["samples"]
+    y = np.load(work / "sampled.npz")["samples"]  # the training run's samples.* are kept
+    assert np.load(work / "samples.npz")["samples"].shape == x.shape
     assert res["num_samples"] == 2 and y.shape == (2,) + x.shape[1:] and np.all(np.isfinite(y))
     evargs = ["eval"] + args + ["--config.eval.features=pixels", "--config.eval.metrics=fid",
                                 "--config.eval.num_samples=8", "--config.eval.batch_size=4",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import ml_collections
 
-__all__ = ["load_config", "section", "pick", "to_dict", "from_dict", "Section"]
+__all__ = ["load_config", "section", "pick", "to_dict", "from_dict", "Section", "flatten",
+           "find_key", "config_changes"]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -66,3 +67,47 @@ class Section:
 
     def unread(self) -> list:
         return sorted(set(self.d) - self.used)
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """Nested dicts (or a config) -> ``{"train.num_steps": 20, ...}``, dotted keys in order.
+
+    An empty section appears as its own key with the value ``{}``.
+    """
+    if hasattr(d, "to_dict"):
+        d = d.to_dict()
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def find_key(config, name: str) -> list:
+    """The dotted paths of every key called ``name`` in ``config`` (a section's own name
+    included), e.g. ``find_key(c, "batch_size") == ["data.batch_size"]``."""
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    found = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            if k == name:
+                found.append(path)
+            if isinstance(v, dict):
+                walk(v, path + ".")
+
+    walk(d, "")
+    return found
+
+
+def config_changes(old: dict, new: dict) -> list:
+    """``[(key, old_value, new_value), ...]`` for every dotted key that differs between two
+    configs (as :func:`to_dict` writes them); a key present in only one side has ``None``
+    on the other."""
+    a, b = flatten(to_dict(old)), flatten(to_dict(new))
+    return [(k, a.get(k), b.get(k)) for k in list(a) + [k for k in b if k not in a]
+            if a.get(k) != b.get(k)]

@@ -14,6 +14,7 @@ scale, a traced value) runs the compiled program again without tracing.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -136,10 +137,30 @@ def load(workdir, *, weights: str | None = None, config=None) -> Loaded:
     return Loaded(config, built, params, which, int(state.step))
 
 
-def sample(config, workdir, num_samples=None, seed=None) -> dict:
-    """The ``sample`` command: sample from the newest checkpoint in ``workdir`` (EMA weights
-    by default) and write ``samples.npz`` / ``samples.png``."""
+def sample(config, workdir, num_samples=None, seed=None, output=None) -> dict:
+    """The ``sample`` command: sample from the newest checkpoint in ``workdir``.
+
+    Uses the run's ``sample.ema`` weights (default: its first EMA). The files are named
+    ``sampled.npz`` / ``sampled.png``, never ``samples.*``, so the grid that ``train`` wrote
+    at the end of training is not overwritten.
+
+    Args:
+      config: the run's config.
+      workdir: the run's folder (``checkpoints/``, ``run.json``).
+      num_samples: how many (default ``sample.num_samples``).
+      seed: the PRNG seed (default the config's ``seed``).
+      output: the folder to write to (created; default ``workdir``).
+
+    Returns:
+      ``{"num_samples", "path", "weights"}``.
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no checkpoint (before anything is built or
+        written).
+    """
     built, state = restore(config, workdir)
     params, which = sample_weights(config, state)
-    return write_samples(built, params, workdir, num_samples=num_samples, seed=seed,
-                         weights=which)
+    out = Path(workdir if output is None else output)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_samples(built, params, out, num_samples=num_samples, seed=seed,
+                         weights=which, name="sampled")

@@ -8,6 +8,7 @@ checkpoints, and at the end a sample grid (and ``quality.json`` when ``data.hold
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -17,9 +18,11 @@ import numpy as np
 import diffjax as dj
 from diffjax import train as T
 from diffjax.run.build import Built, build, sample_weights
-from diffjax.run.config import section, to_dict
+from diffjax.run.config import config_changes, section, to_dict
 
-__all__ = ["train", "write_samples", "quality_figure", "class_labels", "check_train_keys"]
+__all__ = ["train", "write_samples", "quality_figure", "class_labels", "check_train_keys",
+           "check_drift", "has_checkpoint", "move_checkpoints_aside", "previous_final_loss",
+           "SHAPE_KEYS"]
 
 
 def class_labels(n: int, num_classes: int | None, offset: int = 0):
@@ -53,27 +56,51 @@ def write_samples(built: Built, params, workdir, *, num_samples=None, seed=None,
     return {"num_samples": n, "path": str(workdir / f"{name}.png"), "weights": weights}
 
 
-def train(config, workdir) -> dict:
+def train(config, workdir, *, restart: bool = False) -> dict:
     """Train from ``config`` in ``workdir`` (resuming if checkpoints exist); then sample.
-    Bad step counts and intervals fail before any model is built or any file is written."""
+
+    Bad step counts, intervals and batch sizes fail before any model is built or any file is
+    written. On resume the config saved in ``workdir/run.json`` is compared with ``config``
+    first (:func:`check_drift`): a change of a key that alters the state's shapes stops the
+    run; a change of any other key is printed (``old -> new``) and the run resumes.
+
+    Args:
+      config: the run's config.
+      workdir: the run's folder (``run.json``, ``checkpoints/``, metrics, samples).
+      restart: start from step 0: an existing ``checkpoints/`` is moved aside to
+        ``checkpoints.old-<timestamp>`` (never deleted), whatever the config changes.
+
+    Returns:
+      ``{"start_step", "end_step", "history"}`` and, when training finished, ``"samples"``
+      (and ``"quality"`` with ``data.holdout``).
+    """
     check_train_keys(config)
     workdir = Path(workdir)
+    tcfg = config.train
+    mcfg = section(config.get("mesh"))
+    mesh = T.make_mesh(mcfg.get("data", -1), mcfg.get("fsdp", 1))
+    rules = mcfg.get("rules", None)
+    _check_batch(section(config.get("data")).get("batch_size"), mesh)
+    changes = check_drift(config, workdir, restart=restart)
     built = build(config)
-    workdir.mkdir(parents=True, exist_ok=True)
     data, setup = built.data, built.setup
     scfg = config.get("sample") or {}
     if not config.get("method") and float(scfg.get("guidance", 1.0)) != 1.0 \
             and not setup.num_classes:
         raise ValueError(f"sample.guidance={scfg.get('guidance')} needs a class-conditional "
-                         "model (model.num_classes)")
-    tcfg = config.train
-    mcfg = section(config.get("mesh"))
-    mesh = T.make_mesh(mcfg.get("data", -1), mcfg.get("fsdp", 1))
-    rules = mcfg.get("rules", None)
+                         "model (model.num_classes); expected sample.guidance=1.0")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if restart:
+        moved = move_checkpoints_aside(workdir)
+        print(f"--restart: moved {workdir / 'checkpoints'} aside to {moved}; training from "
+              "step 0" if moved else f"--restart: no checkpoints under {workdir}; training "
+              "from step 0")
+    elif changes:
+        print(f"resuming from {workdir / 'checkpoints'} with a changed config:", flush=True)
+        for key, old, new in changes:
+            print(f"  {key}: {old!r} -> {new!r}", flush=True)
     batch_size = data.batch_size
-    if batch_size % mesh.size:
-        raise ValueError(f"data.batch_size={batch_size} must be divisible by the {mesh.size} "
-                         "devices")
+    _check_batch(batch_size, mesh)
     ck = T.Checkpointer(workdir / "checkpoints", max_to_keep=int(tcfg.get("max_to_keep", 3)))
     state = T.restore_or_init(ck, lambda: built.init_state(mesh, rules), data.loader)
     start = int(state.step)
@@ -92,7 +119,7 @@ def train(config, workdir) -> dict:
     (workdir / "run.json").write_text(json.dumps(meta, indent=1))
     print(f"training {config.model.name} on {config.data.name} {setup.x_shape} "
           f"({built.method.name}) from step {start} to {int(tcfg.num_steps)} on {mesh.size} "
-          "device(s)")
+          "device(s)", flush=True)
     from diffjax.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(workdir / "tensorboard")
@@ -108,6 +135,7 @@ def train(config, workdir) -> dict:
                            save_every=int(tcfg.get("save_every", 1000)),
                            log_every=int(tcfg.get("log_every", 100)), workdir=workdir, meta=meta,
                            batch_size=batch_size, writer=writer,
+                           log_fn=lambda line: print(line, flush=True),
                            callback=grid_cb if every else None, callback_every=every)
     ck.close()
     out = {"start_step": start, "end_step": int(state.step), "history": history}
@@ -121,19 +149,27 @@ def train(config, workdir) -> dict:
                           int(state.step))
     writer.close()
     summary = {k: v for k, v in out.items() if k != "history"}
-    if history:
-        summary["final_loss"] = history[-1]["loss"]
+    final = history[-1]["loss"] if history else previous_final_loss(workdir, int(state.step))
+    if final is not None:
+        summary["final_loss"] = final
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("summary:", json.dumps(summary, default=str))
     return out
 
 
 def check_train_keys(config):
-    """``train.num_steps``, ``train.log_every``, ``train.save_every`` and ``data.batch_size``
-    must be integers >= 1 (``sample_every`` >= 0); raises naming the key."""
+    """Check the keys ``train`` reads before anything is built or written.
+
+    ``train.num_steps``, ``train.log_every``, ``train.save_every``, ``train.max_to_keep`` and
+    ``data.batch_size`` must be integers >= 1 (``train.sample_every`` >= 0).
+
+    Raises:
+      ValueError: naming the key, the expected value and the value found.
+    """
     tcfg, dcfg = section(config.get("train")), section(config.get("data"))
     for where, d, key, lo in (("train", tcfg, "num_steps", 1), ("train", tcfg, "log_every", 1),
                               ("train", tcfg, "save_every", 1),
+                              ("train", tcfg, "max_to_keep", 1),
                               ("train", tcfg, "sample_every", 0),
                               ("data", dcfg, "batch_size", 1)):
         v = d.get(key)
@@ -141,6 +177,103 @@ def check_train_keys(config):
             raise ValueError(f"{where}.{key} must be an integer >= {lo}; got {v!r}")
     if tcfg.get("num_steps") is None:
         raise ValueError("train.num_steps is required (an integer >= 1)")
+
+
+def _check_batch(batch_size, mesh):
+    if batch_size is not None and int(batch_size) % mesh.size:
+        raise ValueError(f"data.batch_size={batch_size} must be divisible by the {mesh.size} "
+                         f"devices of the mesh (mesh.data x mesh.fsdp); expected a multiple of "
+                         f"{mesh.size}")
+
+
+#: config keys whose change alters the training state's shapes (a prefix ends in ".")
+SHAPE_KEYS = ("model.", "process.", "data.name", "method.name")
+
+
+def _alters_shapes(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in SHAPE_KEYS) \
+        or key in ("model", "process")
+
+
+def has_checkpoint(workdir) -> bool:
+    """Whether ``workdir/checkpoints`` holds at least one step (creates nothing)."""
+    ckdir = Path(workdir) / "checkpoints"
+    return ckdir.is_dir() and any(p.name.isdigit() for p in ckdir.iterdir())
+
+
+def check_drift(config, workdir, *, restart: bool = False) -> list:
+    """Compare ``config`` with the one a run's checkpoints were trained with.
+
+    Only a resume is checked: ``workdir`` holds ``run.json`` and at least one checkpoint.
+
+    Args:
+      config: the new config.
+      workdir: the run's folder.
+      restart: the run starts over (``--restart``): shape changes are allowed.
+
+    Returns:
+      ``[(key, old, new), ...]``: every dotted key that changed (``[]`` for a fresh run).
+
+    Raises:
+      ValueError: without ``restart``, when a key in :data:`SHAPE_KEYS` (any ``model.*`` or
+        ``process.*`` key, ``data.name``, the method's name) changed; the message lists them
+        and the two ways out.
+    """
+    workdir = Path(workdir)
+    if not (workdir / "run.json").is_file() or not has_checkpoint(workdir):
+        return []
+    saved = json.loads((workdir / "run.json").read_text()).get("config") or {}
+    new = to_dict(config)
+    changes = config_changes(saved, new)
+    name = lambda c: (c.get("method") or {}).get("name", "diffusion")
+    if name(saved) != name(new) and not any(k == "method.name" for k, _, _ in changes):
+        changes.append(("method.name", name(saved), name(new)))
+    shape = [c for c in changes if _alters_shapes(c[0])]
+    if shape and not restart:
+        listed = "; ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in shape)
+        raise ValueError(
+            f"the config changed in keys that alter the model's shapes since the checkpoints "
+            f"in {workdir / 'checkpoints'} were written ({listed}); expected the saved values "
+            f"to resume. Train in a new --workdir, or add --restart to move checkpoints/ aside "
+            f"to checkpoints.old-<timestamp> and train from step 0")
+    return changes
+
+
+def move_checkpoints_aside(workdir):
+    """Rename ``workdir/checkpoints`` to ``checkpoints.old-<YYYYmmdd-HHMMSS>`` (never deletes).
+
+    Returns:
+      The new path, or ``None`` when there was no ``checkpoints/``.
+    """
+    ckdir = Path(workdir) / "checkpoints"
+    if not ckdir.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, i = ckdir.with_name(f"checkpoints.old-{stamp}"), 1
+    while dest.exists():
+        i += 1
+        dest = ckdir.with_name(f"checkpoints.old-{stamp}-{i}")
+    ckdir.rename(dest)
+    return dest
+
+
+def previous_final_loss(workdir, step: int):
+    """The final loss a finished run recorded for ``step`` (``summary.json``, else the last
+    line of ``metrics.jsonl`` at that step), or ``None``: a rerun that trains no step keeps
+    it."""
+    workdir = Path(workdir)
+    try:
+        prev = json.loads((workdir / "summary.json").read_text())
+        if prev.get("end_step") == step and prev.get("final_loss") is not None:
+            return prev["final_loss"]
+    except (OSError, ValueError):
+        pass
+    try:
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        last = [m for m in map(json.loads, filter(None, lines)) if m.get("step") == step]
+        return last[-1]["loss"] if last else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def quality_figure(samples, data, workdir) -> dict:

@@ -1,6 +1,11 @@
 """Training: state, pure step, EMAs, optimizers, sharding, orbax checkpoints and the loop."""
 
-from diffjax.train.checkpoint import Checkpointer, abstract_like
+from diffjax.train.checkpoint import (
+                                      Checkpointer,
+                                      NoRestorableCheckpointError,
+                                      abstract_like,
+                                      state_digest,
+)
 from diffjax.train.ema import EMASpec, ema_decay, update_emas
 from diffjax.train.loop import PreemptionGuard, fit, restore_or_init
 from diffjax.train.optim import make_optimizer, make_schedule

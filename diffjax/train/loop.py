@@ -4,7 +4,9 @@
 line of metrics every ``log_every`` steps to ``workdir/metrics.jsonl``, saves a checkpoint
 every ``save_every`` steps and at the end, and on SIGTERM (preemption) saves before
 returning. Training state and loader state are restored from ``workdir/checkpoints`` when
-present (:func:`restore_or_init`). Too many non-finite steps in a row raise a
+present (:func:`restore_or_init`; unusable newest checkpoints are moved aside to
+``checkpoints/corrupt/``). A step is saved at most once: a preemption save on a periodic save's
+step, or of a step already on disk, is a no-op. Too many non-finite steps in a row raise a
 ``FloatingPointError`` naming the step, after the last good state was checkpointed.
 """
 
@@ -50,7 +52,15 @@ class PreemptionGuard:
 
 def restore_or_init(checkpointer: Checkpointer | None, init_state: Callable[[], Any],
                     loader=None):
-    """Resume from the newest good checkpoint, else build a fresh state. Returns the state."""
+    """Resume from the newest good checkpoint, else build a fresh state. Returns the state.
+
+    Newer checkpoints that fail to restore or fail their integrity check are moved to
+    ``corrupt/`` beside them (see :meth:`Checkpointer.restore_latest`), so training continues
+    and saves through their step numbers.
+
+    Raises:
+        NoRestorableCheckpointError: checkpoints exist but none restores onto this state.
+    """
     state = init_state()
     if checkpointer is None:
         return state
@@ -95,12 +105,16 @@ def fit(state, train_step: Callable, batches: Iterator, *, num_steps: int,
     step = int(state.step)
     bad_run, t0, history = 0, time.perf_counter(), []
 
+    saved_at = None  # the step this call last saved: a second save of it would be a no-op
+
     def save(force=False):
-        if checkpointer is not None:
+        nonlocal saved_at
+        if checkpointer is not None and int(state.step) != saved_at:
             data_state = loader.get_state() if loader is not None else None
             if isinstance(data_state, bytes):
                 data_state = data_state.decode()
-            checkpointer.save(int(state.step), state, data_state, meta, force=force)
+            if checkpointer.save(int(state.step), state, data_state, meta, force=force):
+                saved_at = int(state.step)
 
     with PreemptionGuard() as guard:
         while step < num_steps:
