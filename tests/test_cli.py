@@ -144,3 +144,55 @@ def test_restart_moves_checkpoints_aside(trained, tmp_path, capsys):
     assert json.loads((work / "run.json").read_text())["config"]["model"]["ch"] == 16
     assert json.loads((work / "summary.json").read_text())["final_loss"] == \
         out["history"][-1]["loss"]
+
+
+def test_own_image_folder_end_to_end(tmp_path, capsys):
+    """Issue 15 items 6 and 7 through the command line: a folder of mixed sizes is refused
+    before anything is written (naming the sizes and the key that fixes it), a truncated file
+    is named, and with ``data.image_size`` the folder trains; a run far shorter than the
+    sampled EMA's horizon warns."""
+    import numpy as np
+
+    from diffjax.utils.png import save_png
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mine"
+    for i in range(9):
+        save_png(folder / f"{i}.png", rng.integers(0, 256, (12, 10), dtype=np.uint8))
+    save_png(folder / "big.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    work = tmp_path / "w"
+    own = ["train", QUICK, f"--workdir={work}", f"--config.data.name={folder}",
+           "--config.data.holdout=0", "--config.data.batch_size=8", "--config.train.num_steps=2",
+           "--config.train.save_every=2"] + FAST
+    with pytest.raises(ValueError, match=r"data.name=.*2 sizes.*12x10: 9, 16x16: 1.*big\.png"
+                                         r".*data.image_size"):
+        cli.main(own)
+    blob = (folder / "0.png").read_bytes()
+    (folder / "cut.png").write_bytes(blob[: len(blob) - 40])
+    with pytest.raises(ValueError, match=r"cut\.png"):
+        cli.main(own + ["--config.data.image_size=8"])
+    assert not work.exists()  # refused before anything was written
+    out = cli.main(own + ["--config.data.image_size=8", "--config.data.on_error=skip",
+                          "--config.data.channels=1"])
+    assert out["end_step"] == 2 and (work / "samples.png").exists()
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable file(s)" in printed
+    assert "warning: the samples use ema.ema (decay 0.995: an average over ~200 steps) but " \
+           "train.num_steps=2" in printed
+    from diffjax.run import build, config
+
+    saved = json.loads((work / "run.json").read_text())["config"]
+    with pytest.raises(ValueError, match=r"unknown config keys \['data.image_sise'\]"):
+        build.build_data(config.from_dict({**saved, "data": {"name": str(folder),
+                                                             "image_sise": 8}}))
+
+
+def test_sampler_switch_names_the_leftover_step_keys(capsys):
+    from diffjax.run import build
+
+    assert type(build.build_step({"sampler": "ddim", "step": {"variance": "large"}})).__name__ \
+        == "DDIM"
+    assert "ignoring ['sample.step.variance']" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"\['sample.step.varianse'\] are not arguments of the "
+                                         r"sample.sampler='ddpm' step"):
+        build.build_step({"sampler": "ddpm", "step": {"varianse": "large"}})

@@ -241,11 +241,38 @@ def test_undecodable_files_are_named(tmp_path, image_folder):
     # the folder source names the file and the record; the other records still read
     root, _ = image_folder
     (root / "cats" / "9_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    src = data.ImageFolderSource(root)
+    src = data.ImageFolderSource(root, check="none")  # unchecked: fails when read
     bad = src.paths.index(str(root / "cats" / "9_broken.png"))
     with pytest.raises(ValueError, match=rf"record {bad}: .*9_broken\.png.*PNG or JPEG"):
         src[bad]
     assert src[(bad + 1) % len(src)]["image"].shape == (6, 5, 3)
+
+
+@pytest.mark.parametrize("odd_first", [True, False])
+def test_image_folder_checks_every_file_before_training(tmp_path, odd_first):
+    """Issue 15 item 7: an odd size is found wherever it sorts; a truncated file is found by
+    ``check='decode'`` (its header is fine) and named; ``on_error='skip'`` leaves it out with
+    a count; a resize (``same_size=False``) accepts the mixed folder."""
+    root = tmp_path / "own"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        save_png(root / f"b{i}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    save_png(root / ("a_odd.png" if odd_first else "z_odd.png"),
+             rng.integers(0, 256, (12, 9, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"2 sizes .*8x8: 4, 12x9: 1.*_odd\.png.*image_size"):
+        data.ImageFolderSource(root)
+    src = data.ImageFolderSource(root, same_size=False)
+    assert src.sizes == {(8, 8): 4, (12, 9): 1}
+    (root / ("a_odd.png" if odd_first else "z_odd.png")).unlink()
+    blob = (root / "b0.png").read_bytes()
+    (root / "cut.png").write_bytes(blob[: len(blob) - 60])  # header intact, data truncated
+    assert len(data.ImageFolderSource(root, check="header")) == 5  # headers cannot see it
+    with pytest.raises(ValueError, match=r"1 of 5 files cannot be read.*cut\.png"):
+        data.ImageFolderSource(root)  # 'auto' decodes a small folder
+    src = data.ImageFolderSource(root, check="decode", on_error="skip")
+    assert len(src) == 4 and [p for p, _ in src.skipped] == [str(root / "cut.png")]
+    with pytest.raises(ValueError, match="on_error='ignore'; expected 'raise' or 'skip'"):
+        data.ImageFolderSource(root, on_error="ignore")
 
 
 def test_save_png_round_trip(tmp_path):

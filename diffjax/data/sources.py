@@ -37,6 +37,7 @@ __all__ = [
     "ArraySource",
     "TFDSSource",
     "ImageFolderSource",
+    "ResizedSource",
     "LatentsSource",
     "get_source",
     "read_image",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+#: image folders up to this many files are fully decoded when checked (``check='auto'``)
+DECODE_CHECK_MAX = 20_000
 
 #: TFDS names (or families, before a ``/``) that :func:`get_source` accepts without the
 #: ``tfds:`` prefix.
@@ -336,6 +340,20 @@ def read_image(path: str | os.PathLike, *, channels: int | None = 3) -> np.ndarr
                          f"({type(e).__name__}: {e})") from e
 
 
+def _inspect(path: str, *, decode: bool) -> tuple[int, int] | str:
+    """``(height, width)`` of an image file from its header (or a full decode), or the reason
+    it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+            return im.size[1], im.size[0]
+    except Exception as e:  # noqa: BLE001 -- any failure makes the file unreadable; say why
+        return f"{type(e).__name__}: {e}"
+
+
 def _images_under(folder: Path, extensions: Sequence[str]) -> list[Path]:
     ext = tuple(e.lower() for e in extensions)
     return sorted(p for p in folder.rglob("*")
@@ -356,20 +374,41 @@ class ImageFolderSource:
     by :func:`read_image` (Pillow; alpha dropped); a file that cannot be decoded raises a
     ``ValueError`` naming it when its record is read.
 
+    Every file is checked when the source is built, before any training starts: ``check='header'``
+    opens each file's header (format, size and mode: cheap, no pixel decoding, a few
+    thread-parallel milliseconds per thousand files), ``'decode'`` decodes every file in full
+    (also finds truncated files; costs one pass over the data), ``'none'`` trusts the folder;
+    ``'auto'`` (default) decodes folders of up to :data:`DECODE_CHECK_MAX` files (seconds)
+    and reads only the headers of larger ones.
+    Unreadable files are rejected with the list (``on_error='raise'``) or left out with a
+    count (``on_error='skip'``; :attr:`skipped`). With ``same_size=True`` every image must have
+    the same height and width (whatever order the odd ones come in); a folder of mixed sizes
+    needs a resize (``data.image_size`` in a config: centre crop to the aspect ratio, then
+    antialiased bicubic, as ADM's preprocessing), and the source is then built with
+    ``same_size=False``.
+
     Args:
         root: The folder.
         channels: 3 (RGB, default), 1 (grey) or ``None`` (as stored, without alpha).
         extensions: File suffixes to read (case-insensitive).
+        check: ``'auto'``, ``'header'``, ``'decode'`` or ``'none'`` (above).
+        on_error: ``'raise'`` or ``'skip'`` unreadable files.
+        same_size: Require one image size.
 
     Attributes:
         paths: The image files, in index order.
         labels: ``int32`` labels or ``None``.
         class_names: Sorted class folder names (label ``k`` is ``class_names[k]``), or ``[]``.
         num_classes: ``len(class_names)`` or ``None``.
+        sizes: ``{(height, width): count}`` of the checked images (``{}`` with ``'none'``).
+        skipped: ``[(path, reason)]`` of the files left out by ``on_error='skip'``.
 
     Raises:
-        FileNotFoundError: ``root`` is not a folder, or it holds no image.
-        ValueError: Images both at the top level and in class sub-folders.
+        FileNotFoundError: ``root`` is not a folder, or it holds no (readable) image.
+        ValueError: Images both at the top level and in class sub-folders; unreadable files
+            with ``on_error='raise'`` (the message lists them); mixed sizes with
+            ``same_size=True`` (the message gives each size's count and files of the rarer
+            sizes); a bad ``check`` / ``on_error`` / ``channels``.
     """
 
     def __init__(
@@ -378,7 +417,18 @@ class ImageFolderSource:
         *,
         channels: int | None = 3,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        check: str = "auto",
+        on_error: str = "raise",
+        same_size: bool = True,
     ):
+        if check not in ("auto", "header", "decode", "none"):
+            raise ValueError(f"ImageFolderSource: check={check!r}; expected 'auto', 'header', "
+                             "'decode' or 'none'")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"ImageFolderSource: on_error={on_error!r}; expected 'raise' or "
+                             "'skip'")
+        if channels not in (None, 1, 3):
+            raise ValueError(f"ImageFolderSource: channels={channels!r}; expected 1, 3 or None")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageFolderSource: root={os.fspath(root)!r} is not an "
@@ -410,6 +460,49 @@ class ImageFolderSource:
             raise FileNotFoundError(f"ImageFolderSource: no image files {list(ext)} under "
                                     f"root={os.fspath(root)!r}")
         self.channels = channels
+        self.sizes, self.skipped = {}, []
+        if check == "auto":
+            check = "decode" if len(self.paths) <= DECODE_CHECK_MAX else "header"
+        if check != "none":
+            self._check_files(check, on_error, same_size)
+
+    def _check_files(self, check: str, on_error: str, same_size: bool) -> None:
+        """Open (or decode) every file once; reject or drop the unreadable; check sizes."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:
+            infos = list(pool.map(lambda p: _inspect(p, decode=check == "decode"), self.paths))
+        bad = [(p, info) for p, info in zip(self.paths, infos, strict=True)
+               if isinstance(info, str)]
+        where = f"ImageFolderSource(root={os.fspath(self.root)!r})"
+        if bad and on_error == "raise":
+            listed = "; ".join(f"{p}: {why}" for p, why in bad[:10])
+            more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+            raise ValueError(f"{where}: {len(bad)} of {len(self.paths)} files cannot be read as "
+                             f"images: {listed}{more}. Fix or remove them, or set "
+                             "on_error='skip' (config: data.on_error=skip) to leave them out")
+        if bad:
+            keep = np.array([not isinstance(i, str) for i in infos])
+            self.skipped = bad
+            self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
+            if self.labels is not None:
+                self.labels = self.labels[keep]
+            infos = [i for i in infos if not isinstance(i, str)]
+            print(f"{where}: skipped {len(bad)} unreadable file(s) of "
+                  f"{len(bad) + len(self.paths)} (first: {bad[0][0]}: {bad[0][1]})", flush=True)
+            if not self.paths:
+                raise FileNotFoundError(f"{where}: no readable image left")
+        for hw in infos:
+            self.sizes[hw] = self.sizes.get(hw, 0) + 1
+        if same_size and len(self.sizes) > 1:
+            common = max(self.sizes, key=self.sizes.get)
+            odd = [p for p, hw in zip(self.paths, infos, strict=True) if hw != common][:5]
+            counts = ", ".join(f"{h}x{w}: {n}" for (h, w), n in
+                               sorted(self.sizes.items(), key=lambda kv: -kv[1]))
+            raise ValueError(f"{where}: images of {len(self.sizes)} sizes (height x width: "
+                             f"{counts}), e.g. {odd}; expected one size. Set an image size "
+                             "(config: data.image_size=N) to centre-crop and resize every "
+                             "image to N x N")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -429,6 +522,49 @@ class ImageFolderSource:
         # No absolute path: grain checks repr(source) on resume, and data may move hosts.
         return (f"ImageFolderSource(folder={self.root.name!r}, n={len(self)}, "
                 f"classes={self.class_names})")
+
+
+class ResizedSource:
+    """A source whose images are centre-cropped to the aspect ratio of ``size`` and resized.
+
+    ADM's preprocessing of training images (Dhariwal & Nichol 2021): the largest centred crop
+    with the target aspect ratio, then an antialiased resize (``'cubic'`` by default; see
+    :func:`diffjax.data.preprocess.center_crop_resize`). ``uint8`` stays ``uint8``. Applied on
+    access, so training batches and evaluation references read the same pixels.
+
+    Args:
+        source: Any source whose ``record['image']`` is ``(H, W, C)``.
+        size: Output side ``s`` or ``(h, w)``.
+        method: Resize method of :func:`diffjax.data.preprocess.resize`.
+    """
+
+    def __init__(self, source, size: int | tuple[int, int], *, method: str = "cubic"):
+        from diffjax.data import preprocess
+
+        if method not in preprocess.RESIZE_METHODS:
+            raise ValueError(f"ResizedSource: method={method!r}; expected one of "
+                             f"{sorted(preprocess.RESIZE_METHODS)}")
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if len(hw) != 2 or not all(isinstance(v, int) and v >= 1 for v in hw):
+            raise ValueError(f"ResizedSource: size={size!r}; expected an integer >= 1 or a "
+                             "(height, width) pair of them")
+        self.source, self.size, self.method = source, hw, method
+        for name in ("labels", "num_classes", "class_names"):
+            if hasattr(source, name):
+                setattr(self, name, getattr(source, name))
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index) -> dict[str, Any]:
+        from diffjax.data.preprocess import center_crop_resize
+
+        rec = dict(self.source[index])
+        rec["image"] = center_crop_resize(rec["image"], self.size, method=self.method)
+        return rec
+
+    def __repr__(self) -> str:
+        return f"ResizedSource({self.source!r}, size={self.size}, method={self.method!r})"
 
 
 # --------------------------------------------------------------------------- latents

@@ -16,7 +16,11 @@ Config sections (all keys optional unless noted):
   teacher: ``teacher_workdir``, ``teacher_config``, ``teacher_ema``,
   ``allow_untrained_teacher`` (smoke tests only).
 * ``data``: ``name`` (a data set name or path, :func:`diffjax.data.get_source`),
-  ``batch_size`` (global), ``split``, ``flip``, ``holdout``, ``data_dir`` (TFDS directory).
+  ``batch_size`` (global), ``split``, ``flip``, ``holdout``, ``data_dir`` (TFDS directory),
+  ``image_size`` (centre crop + resize, :class:`diffjax.data.ResizedSource`) with
+  ``resize_method``; image folders only: ``channels`` (1 or 3), ``check``
+  (``auto | header | decode | none``) and ``on_error`` (``raise | skip``), see
+  :class:`diffjax.data.ImageFolderSource`.
 * ``optim``: :func:`diffjax.train.make_optimizer` arguments; ``ema``: name -> decay, or name ->
   ``{halflife_kimg, rampup_ratio}`` (EDM's EMA).
 * ``train``: ``num_steps``, ``log_every``, ``save_every``, ``max_to_keep``, ``sample_every``;
@@ -213,6 +217,11 @@ class Data:
     batch_size: int
 
 
+#: the keys of ``config.data`` (see the module docstring)
+DATA_KEYS = ("name", "split", "batch_size", "flip", "holdout", "data_dir", "image_size",
+             "resize_method", "channels", "check", "on_error")
+
+
 def data_source(dcfg: dict):
     """The data source of ``config.data`` (popping ``name``, ``split``, ``data_dir``); errors
     name the ``data.*`` key at fault."""
@@ -223,6 +232,16 @@ def data_source(dcfg: dict):
         raise ValueError("config key data.name is required (a data set name or a path)")
     split = dcfg.pop("split", "train")
     kwargs = {}
+    folder_keys = {k: dcfg.pop(k) for k in ("channels", "check", "on_error") if k in dcfg}
+    image_size = dcfg.pop("image_size", None)
+    resize_method = dcfg.pop("resize_method", "cubic")
+    if folder_keys:
+        if not Path(str(name)).expanduser().is_dir():
+            raise ValueError(f"config keys {['data.' + k for k in folder_keys]} apply to image "
+                             f"folders only; data.name={name!r} is not a folder")
+        kwargs.update(folder_keys)
+    if image_size is not None and Path(str(name)).expanduser().is_dir():
+        kwargs["same_size"] = False  # every image is cropped and resized below
     data_dir = dcfg.pop("data_dir", None)
     if data_dir:
         if not Path(data_dir).expanduser().is_dir():
@@ -230,11 +249,18 @@ def data_source(dcfg: dict):
                                     f"directory holding {name!r}); prepare it or fix the key")
         kwargs["data_dir"] = str(Path(data_dir).expanduser())
     try:
-        return D.get_source(name, split, **kwargs)
+        source = D.get_source(name, split, **kwargs)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"data.name={name!r}: {e}") from e
     except ValueError as e:
         raise ValueError(f"data.name={name!r}: {e}") from e
+    if image_size is not None:
+        try:
+            source = D.ResizedSource(source, image_size, method=resize_method)
+        except ValueError as e:
+            raise ValueError(f"data.image_size={image_size!r} / data.resize_method="
+                             f"{resize_method!r}: {e}") from e
+    return source
 
 
 def build_data(config) -> Data:
@@ -244,6 +270,10 @@ def build_data(config) -> Data:
     seed = int(config.get("seed", 0))
     dcfg = section(config.data)
     name = dcfg.get("name")
+    unknown = sorted(set(dcfg) - set(DATA_KEYS))
+    if unknown:  # a key nothing reads would be silently ignored
+        raise ValueError(f"unknown config keys {['data.' + k for k in unknown]}; expected some "
+                         f"of {['data.' + k for k in DATA_KEYS]}")
     source = data_source(dcfg)
     holdout = int(dcfg.pop("holdout", 0))
     heldout = None
@@ -255,8 +285,8 @@ def build_data(config) -> Data:
         labels = None if source.labels is None else source.labels[:-holdout]
         source = D.ArraySource(source.images[:-holdout], labels)
     batch_size = int(dcfg.pop("batch_size", 64))
-    loader = D.make_loader(source, batch_size=batch_size, seed=seed,
-                           random_flip=bool(dcfg.pop("flip", False)))
+    flip = bool(dcfg.pop("flip", False))
+    loader = D.make_loader(source, batch_size=batch_size, seed=seed, random_flip=flip)
     example = next(iter(D.make_loader(source, batch_size=1, seed=seed)))
     return Data(source, loader, heldout, tuple(example["image"].shape[1:]), "label" in example,
                 name, batch_size)
@@ -304,17 +334,45 @@ def build_step(scfg):
     keyword arguments in ``step``, or ``pc`` (``predictor`` + ``corrector``)."""
     name = scfg.get("sampler", "ddim")
     if name != "pc":
-        pick(S.SAMPLERS, name, "sample.sampler")
-        return S.get_step(name, **section(scfg.get("step")))
+        return _step_of(name, section(scfg.get("step")), "sample.sampler")
     pname = scfg.get("predictor", "reverse_diffusion")
-    pick(S.SAMPLERS, pname, "sample.predictor")
-    predictor = S.get_step(pname, **section(scfg.get("step")))
+    predictor = _step_of(pname, section(scfg.get("step")), "sample.predictor")
     cname = scfg.get("corrector", "langevin")
     if cname in (None, "none"):
         return predictor
     corrector = pick(CORRECTORS, cname, "sample.corrector")
     return S.PredictorCorrector(predictor, corrector(float(scfg.get("snr", 0.16)),
                                                      int(scfg.get("corrector_steps", 1))))
+
+
+def _step_of(name, kwargs: dict, key: str):
+    """``SAMPLERS[name](**kwargs)``, the keywords checked against the step's signature.
+
+    A keyword of another sampler is dropped with a printed note naming it (switching
+    ``sample.sampler`` from a recipe's ``ddpm`` to ``ddim`` leaves DDPM's
+    ``sample.step.variance`` behind, and ml_collections cannot delete a key from the command
+    line); a keyword no sampler takes is a typo and raises, naming ``sample.step.<kw>``.
+    """
+    def takes(cls):
+        ps = inspect.signature(cls).parameters
+        return None if any(p.kind is p.VAR_KEYWORD for p in ps.values()) else set(ps)
+
+    cls = pick(S.SAMPLERS, name, key)
+    mine = takes(cls)
+    if mine is None:
+        return cls(**kwargs)
+    extra = sorted(set(kwargs) - mine)
+    if extra:
+        others = set().union(*(takes(c) or set() for c in S.SAMPLERS.values()))
+        typos = [k for k in extra if k not in others]
+        if typos:
+            raise ValueError(f"config keys {['sample.step.' + k for k in typos]} are not "
+                             f"arguments of the {key}={name!r} step (nor of any sampler); "
+                             f"expected some of {sorted(mine)}")
+        print(f"note: ignoring {['sample.step.' + k for k in extra]}: arguments of another "
+              f"sampler, not of {key}={name!r} (which takes {sorted(mine)})", flush=True)
+        kwargs = {k: v for k, v in kwargs.items() if k in mine}
+    return cls(**kwargs)
 
 
 def build_sampling(config, process, **overrides) -> M.Sampling:
@@ -458,10 +516,15 @@ def ema_specs_of(config, method: M.Method) -> dict:
 
 
 def sample_weights(config, state) -> tuple[Any, str]:
-    """``(params, name)`` a run samples with: ``sample.ema`` (default: the first EMA), else
-    the online parameters."""
+    """``(params, name)`` a run samples with: ``sample.ema`` (default: the first EMA), or the
+    online parameters (no EMA, or ``sample.ema`` set to ``params``)."""
     which = (config.get("sample") or {}).get("ema", next(iter(state.ema), None))
-    return (state.ema[which] if which else state.params), (which or "params")
+    if not which or which == "params":
+        return state.params, "params"
+    if which not in state.ema:
+        raise ValueError(f"sample.ema={which!r} is not an EMA of this run; expected one of "
+                         f"{sorted(state.ema) + ['params']}")
+    return state.ema[which], which
 
 
 @dataclasses.dataclass

@@ -95,26 +95,40 @@ def _flag_values(argv):
     return fv
 
 
+#: config keys a recipe need not define but a user may set on the command line: any key of
+#: the optional ``eval`` section, the image-data options of
+#: :func:`diffjax.run.build.data_source` (own image folders: resizing, channels, checks) and
+#: ``sample.ema`` (which weights sample: an EMA's name or ``params``)
+OPTIONAL_KEYS = {"eval": None,
+                 "data": ("image_size", "resize_method", "channels", "check", "on_error"),
+                 "sample": ("ema",)}
+
+
 def _eval_overrides(argv):
-    """Split ``--config.eval.KEY=VALUE`` off ``argv``: the ``eval`` section is optional in the
-    configs, and ml_collections refuses overrides of keys a config does not define."""
+    """Split the overrides of :data:`OPTIONAL_KEYS` (``--config.eval.KEY=VALUE``,
+    ``--config.data.image_size=64``, ...) off ``argv``: ml_collections refuses overrides of
+    keys a config does not define. Returns ``(argv, {(section, key): value})``."""
     keep, found = [], {}
     for a in argv:
-        if a.startswith("--config.eval."):
-            key, sep, value = a[len("--config.eval."):].partition("=")
-            if not sep or not key or "." in key:
-                raise ValueError(f"bad eval override {a!r}; write --config.eval.KEY=VALUE")
-            found[key] = value
-        else:
+        sec = next((s for s in OPTIONAL_KEYS if a.startswith(f"--config.{s}.")), None)
+        key, sep, value = (a[len(f"--config.{sec}."):].partition("=") if sec else ("", "", ""))
+        if sec and OPTIONAL_KEYS[sec] is not None and key not in OPTIONAL_KEYS[sec]:
+            sec = None  # an ordinary key of the section: ml_collections checks it
+        if sec is None:
             keep.append(a)
+            continue
+        if not sep or not key or "." in key:
+            raise ValueError(f"bad override {a!r}; write --config.{sec}.KEY=VALUE")
+        found[(sec, key)] = value
     return keep, found
 
 
 def _apply_eval_overrides(config, overrides):
-    """Set ``config.eval.KEY`` from strings: Python literals (numbers, tuples, booleans)
+    """Set ``config.<section>.KEY`` from strings: Python literals (numbers, tuples, booleans)
     where they parse, else the string itself (``--config.eval.metrics=fid,is`` is split on
     commas by :func:`diffjax.run.evaluate.evaluate`)."""
     import ast
+    import contextlib
 
     import ml_collections
 
@@ -127,10 +141,12 @@ def _apply_eval_overrides(config, overrides):
             return v
 
     with config.unlocked():
-        if config.get("eval") is None:
-            config.eval = ml_collections.ConfigDict()
-        for k, v in overrides.items():
-            config.eval[k] = parse(v)
+        for (sec, k), v in overrides.items():
+            if config.get(sec) is None:
+                config[sec] = ml_collections.ConfigDict()
+            with (config[sec].unlocked() if hasattr(config[sec], "unlocked")
+                  else contextlib.nullcontext()):
+                config[sec][k] = parse(v)
 
 
 def _config_spec(argv):
@@ -228,6 +244,10 @@ def help_text(argv, config=None) -> str:
         text += ["", f"Config {_config_spec(argv)} (override any key with "
                  "--config.KEY=VALUE):"]
         text += [f"  {k}: {v}" for k, v in flatten(config).items()]
+        text += ["", "Optional keys a recipe need not define: "
+                 + ", ".join(f"data.{k}" for k in OPTIONAL_KEYS["data"])
+                 + " (own image folders; see the README), sample.ema (an EMA's name or "
+                 "'params'), eval.* (diffjax.run.evaluate)."]
     elif command in ("train", "sample", "eval"):
         text += ["", "Add --config=FILE to list the config's keys and their current values."]
     return "\n".join(text)

@@ -12,12 +12,22 @@ def smoke_variant(config, model: dict, data: dict | None = None, *, batch_size: 
     ``model``: the tiny network; ``data``: a replacement data section (e.g. the embedded
     digits), else the recipe's own with ``batch_size``. Training: 4 steps, no warm-up, a
     checkpoint at the end, one device; sampling: ``sample_steps`` steps, 4 samples.
+
+    EMAs are shortened to an average over ~100 steps (decay 0.99; EDM's half-life to the same
+    number of steps at the smoke batch): a recipe's 0.9999 averages over 10,000 steps, so a
+    user who lengthens the smoke to a few hundred steps on their own images would otherwise
+    sample weights still at their initialisation, i.e. noise.
     """
     config.model = model
     if data is not None:
         config.data = data
     config.data.batch_size = batch_size
     config.optim.warmup_steps = 0
+    for name, spec in (config.get("ema") or {}).items():
+        if isinstance(spec, (int, float)):
+            config.ema[name] = min(float(spec), 0.99)
+        elif spec.get("halflife_kimg") is not None:  # 69 steps' half-life = decay 0.99
+            config.ema[name].halflife_kimg = 0.069 * batch_size
     config.train = dict(num_steps=4, log_every=2, save_every=4, max_to_keep=1, sample_every=0)
     if sample_steps is not None:
         config.sample.num_steps = sample_steps

@@ -21,7 +21,8 @@ from diffjax.run.build import Built, build, sample_weights
 from diffjax.run.config import config_changes, section, to_dict
 
 __all__ = ["train", "write_samples", "quality_figure", "class_labels", "check_train_keys",
-           "check_drift", "has_checkpoint", "move_checkpoints_aside", "previous_final_loss",
+           "check_drift", "ema_horizon_warnings", "has_checkpoint", "move_checkpoints_aside",
+           "previous_final_loss",
            "SHAPE_KEYS"]
 
 
@@ -117,6 +118,9 @@ def train(config, workdir, *, restart: bool = False) -> dict:
     meta = {"config": to_dict(config), "x_shape": list(setup.x_shape),
             "has_label": data.has_label, "version": dj.__version__}
     (workdir / "run.json").write_text(json.dumps(meta, indent=1))
+    for line in ema_horizon_warnings(built.ema_specs, int(tcfg.num_steps), batch_size,
+                                     sample_weights(config, state)[1]):
+        print(line, flush=True)
     print(f"training {config.model.name} on {config.data.name} {setup.x_shape} "
           f"({built.method.name}) from step {start} to {int(tcfg.num_steps)} on {mesh.size} "
           "device(s)", flush=True)
@@ -155,6 +159,38 @@ def train(config, workdir, *, restart: bool = False) -> dict:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("summary:", json.dumps(summary, default=str))
     return out
+
+
+def ema_horizon_warnings(specs: dict, num_steps: int, batch_size: int, sampled: str) -> list:
+    """Warnings for EMAs that cannot move away from the initialisation within the run.
+
+    An EMA of decay ``d`` averages over about ``1 / (1 - d)`` steps (EDM's half-life of
+    ``h`` kimg: ``1000 h / (B ln 2)`` steps at batch ``B``); a run shorter than that samples
+    from weights still close to the random initialisation, which looks like pure noise (a
+    recipe's 0.9999 in a few hundred steps, say). Only the EMA the run samples from
+    (``sample.ema``) is reported.
+
+    Returns:
+      One line per such EMA (empty when all is well).
+    """
+    spec = specs.get(sampled)
+    if spec is None:
+        return []
+    if spec.decay is not None:
+        horizon = 1.0 / max(1.0 - spec.decay, 1e-12)
+        what, fix = f"decay {spec.decay}", f"--config.ema.{sampled}=0.99"
+    elif spec.halflife_kimg is not None:
+        horizon = 1000.0 * spec.halflife_kimg / (batch_size * np.log(2.0))
+        what, fix = (f"half-life {spec.halflife_kimg} kimg", f"--config.ema.{sampled}."
+                     f"halflife_kimg={0.07 * batch_size:g}")
+    else:  # a schedule (CT's mu(k)): the method owns it
+        return []
+    if num_steps >= horizon:
+        return []
+    return [f"warning: the samples use ema.{sampled} ({what}: an average over ~{horizon:,.0f} "
+            f"steps) but train.num_steps={num_steps}; its weights will stay close to the "
+            f"initialisation and samples will look like noise. For a short run set {fix}, or "
+            f"sample the online weights with --config.sample.ema=params"]
 
 
 def check_train_keys(config):
