@@ -16,6 +16,10 @@ they prove samplers, losses and likelihoods correct before any network is traine
 All are pytrees (arrays are leaves, the process is a child): pass them straight to
 :func:`diffjax.samplers.sample` with ``prediction='x0'``. Inputs of any shape ``(B, ...)``
 are flattened to ``(B, d)``.
+
+Parameters are stored in the default float dtype at construction (float32, or float64 when
+``jax_enable_x64`` is on): build the oracle inside an x64 context to get a float64-exact
+denoiser (its output dtype then follows the usual promotion of parameters and input).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from diffjax.processes import Process
+from diffjax.processes import Process, as_time, default_float
 
 Array = Any
 
@@ -37,7 +41,7 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 
 
 def _ab(process, t, batch):
-    t = jnp.asarray(t, jnp.float32)
+    t = as_time(t)
     t = jnp.broadcast_to(t, (batch,)) if t.ndim == 0 else t
     return process.alpha(t)[:, None], process.sigma(t)[:, None]
 
@@ -61,7 +65,7 @@ class Gaussian:
         lam, u = np.linalg.eigh(cov)
         if lam.min() < 0:
             raise ValueError("cov must be positive semi-definite")
-        f = lambda a: jnp.asarray(a, jnp.float32)
+        f = lambda a: jnp.asarray(a, default_float())
         return cls(f(mean), f(u), f(np.maximum(lam, 0.0)), process)
 
     @property
@@ -114,7 +118,7 @@ class GaussianMixture:
             raise ValueError(f"weights must be (K,) non-negative matching means {mu.shape}")
         sd = np.broadcast_to(sd.reshape(sd.shape + (1,) * (2 - sd.ndim)) if sd.ndim < 2 else sd,
                              mu.shape)
-        f = lambda a: jnp.asarray(a, jnp.float32)
+        f = lambda a: jnp.asarray(a, default_float())
         return cls(f(np.log(w / w.sum())), f(mu), f(sd**2), process)
 
     @property

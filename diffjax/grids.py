@@ -1,8 +1,9 @@
 """Time grids for samplers: decreasing arrays ``t_0 > t_1 > ... > t_N`` in ``[0, 1]``.
 
 A grid of ``N`` steps has ``N + 1`` points; the sampler driver takes one step per
-consecutive pair. Grids are plain float32 arrays, passed to the jitted sampler as traced
-values: a new grid of the same length never recompiles.
+consecutive pair. Grids are plain arrays in the default float dtype (float32, or float64
+when ``jax_enable_x64`` is on), passed to the jitted sampler as traced values: a new grid of
+the same length never recompiles. The sampler casts the grid to the dtype of its state.
 
 Grids are computed in float64 NumPy where the formula allows it, then cast.
 """
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.processes import Process, check_steps
+from diffjax.processes import Process, as_time, check_steps, default_float
 
 __all__ = [
     "uniform_grid",
@@ -29,7 +30,7 @@ __all__ = [
 
 
 def _out(t) -> jnp.ndarray:
-    return jnp.asarray(np.asarray(t, np.float64), jnp.float32)
+    return jnp.asarray(np.asarray(t, np.float64), default_float())
 
 
 def uniform_grid(num_steps: int, t_max: float = 1.0, t_min: float = 0.0) -> jnp.ndarray:
@@ -99,7 +100,7 @@ def karras_grid(process: Process, num_steps: int, sigma_min: float | None = None
     sigma_max = getattr(process, "sigma_max", 80.0) if sigma_max is None else sigma_max
     rho = getattr(process, "rho", 7.0) if rho is None else rho
     s = karras_sigmas(num_steps, sigma_min, sigma_max, rho, append_zero=True)
-    return process.t_from_sigma_tilde(jnp.asarray(s, jnp.float32))
+    return process.t_from_sigma_tilde(jnp.asarray(s, default_float()))
 
 
 def log_snr_grid(process: Process, num_steps: int, t_max: float = 1.0,
@@ -108,7 +109,7 @@ def log_snr_grid(process: Process, num_steps: int, t_max: float = 1.0,
     check_steps(num_steps)
     lam = jnp.linspace(process.log_snr(t_max), process.log_snr(t_min), num_steps + 1)
     t = process.t_from_log_snr(lam)
-    # pin the end points exactly (the inverse is exact only to float32 rounding)
+    # pin the end points exactly (the inverse is exact only to rounding)
     return t.at[0].set(t_max).at[-1].set(t_min)
 
 
@@ -135,7 +136,7 @@ def shift_grid(grid, shift: float) -> jnp.ndarray:
     """
     if shift <= 0:
         raise ValueError(f"shift must be > 0; got {shift}")
-    t = jnp.asarray(grid, jnp.float32)
+    t = as_time(grid)
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 

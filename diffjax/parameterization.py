@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from flax import struct
 
-from diffjax.processes import Linear, Process, broadcast_t
+from diffjax.processes import Linear, Process, as_time, broadcast_t
 
 Array = Any
 
@@ -146,7 +146,7 @@ def edm_precond_coeffs(sigma: Array, sigma_data: float = 0.5):
     ``c_noise = ln(s) / 4``. With the loss weight ``lambda = (s^2+sd^2)/(s sd)^2``,
     ``lambda c_out^2 = 1``.
     """
-    sigma = jnp.asarray(sigma, jnp.float32)
+    sigma = as_time(sigma)
     n = sigma**2 + sigma_data**2
     return sigma_data**2 / n, sigma * sigma_data / jnp.sqrt(n), 1.0 / jnp.sqrt(n), 0.25 * jnp.log(sigma)
 
@@ -154,14 +154,14 @@ def edm_precond_coeffs(sigma: Array, sigma_data: float = 0.5):
 def vp_precond_coeffs(sigma: Array, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000):
     """EDM's VP baseline preconditioning: ``c_skip=1, c_out=-s, c_in=1/sqrt(s^2+1)``,
     ``c_noise = (M-1) t(s)`` with ``t(s) = (sqrt(beta_min^2 + 2 beta_d ln(1+s^2)) - beta_min)/beta_d``."""
-    sigma = jnp.asarray(sigma, jnp.float32)
+    sigma = as_time(sigma)
     t = (jnp.sqrt(beta_min**2 + 2.0 * beta_d * jnp.log1p(sigma**2)) - beta_min) / beta_d
     return jnp.ones_like(sigma), -sigma, 1.0 / jnp.sqrt(sigma**2 + 1.0), (M - 1) * t
 
 
 def ve_precond_coeffs(sigma: Array):
     """EDM's VE baseline preconditioning: ``c_skip=1, c_out=s, c_in=1, c_noise=ln(s/2)``."""
-    sigma = jnp.asarray(sigma, jnp.float32)
+    sigma = as_time(sigma)
     return jnp.ones_like(sigma), sigma, jnp.ones_like(sigma), jnp.log(0.5 * sigma)
 
 
@@ -169,7 +169,7 @@ def consistency_coeffs(sigma: Array, sigma_min: float = 0.002, sigma_data: float
     """Consistency-model boundary scalings (Song et al. 2023, appendix C):
     ``c_skip = sd^2 / ((s - s_min)^2 + sd^2)``, ``c_out = (s - s_min) sd / sqrt(s^2 + sd^2)``,
     so ``f(x, s_min) = x`` exactly; ``c_in`` and ``c_noise`` as EDM."""
-    sigma = jnp.asarray(sigma, jnp.float32)
+    sigma = as_time(sigma)
     c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
     c_out = (sigma - sigma_min) * sigma_data / jnp.sqrt(sigma**2 + sigma_data**2)
     c_in = 1.0 / jnp.sqrt(sigma**2 + sigma_data**2)
@@ -203,7 +203,7 @@ class EDMPrecond:
         a, _, tb = _coefs(self.process, x, t)
         sigma_b = self.process.sigma_tilde(tb)
         c_skip, c_out, c_in, _ = self.scalings(sigma_b)
-        c_noise = self.scalings(self.process.sigma_tilde(jnp.asarray(t, jnp.float32)))[3]
+        c_noise = self.scalings(self.process.sigma_tilde(as_time(t)))[3]
         xs = x / a
         return c_skip * xs + c_out * self.net(c_in * xs, c_noise, cond)
 

@@ -14,9 +14,15 @@ the marginals: ``f(t) = alpha_dot / alpha`` and
 ``beta(t) (1 - alpha^4)`` for sub-VP and ``d sigma^2 / dt`` for VE, as in the paper).
 
 Discrete DDPM-family tables (beta schedules) are built in float64 NumPy and stored as
-``log(alpha_bar)`` in float32: ``sigma^2 = -expm1(log alpha_bar)`` keeps full relative
-precision at small t, the failure that storing ``alpha_bar`` itself in low precision causes
-(diffusers #2155, #3005).
+``log(alpha_bar)`` in the default float dtype (float32 unless x64 is on):
+``sigma^2 = -expm1(log alpha_bar)`` keeps full relative precision at small t, the failure that
+storing ``alpha_bar`` itself in low precision causes (diffusers #2155, #3005).
+
+Dtype policy (written once, here: :func:`as_time`). Times keep a floating dtype they already
+have, promoted to at least float32 (bfloat16/float16 times would collapse a 1000-step grid);
+Python numbers and integers become the default float dtype (float32, or float64 under
+``jax_enable_x64``). So float32 inputs compute exactly as before and float64 inputs stay
+float64 end to end: the sampler driver hands every process the dtype of its state.
 """
 
 from __future__ import annotations
@@ -48,7 +54,24 @@ __all__ = [
     "space_timesteps",
     "ddim_timesteps",
     "broadcast_t",
+    "as_time",
+    "default_float",
 ]
+
+
+def default_float():
+    """The default float dtype: float32, or float64 when ``jax_enable_x64`` is on."""
+    return jnp.result_type(float)
+
+
+def as_time(t: Array) -> Array:
+    """``t`` as a floating array in the dtype policy of this module (see the module docstring):
+    a floating ``t`` keeps its dtype promoted to at least float32; anything else (Python
+    numbers, integers) becomes :func:`default_float`."""
+    t = jnp.asarray(t)
+    if t.weak_type or not jnp.issubdtype(t.dtype, jnp.floating):  # Python numbers, integers
+        return jnp.asarray(t, default_float())
+    return jnp.asarray(t, jnp.promote_types(t.dtype, jnp.float32))
 
 
 def broadcast_t(t: Array, x: Array) -> Array:
@@ -92,17 +115,17 @@ class Process:
 
     def t_from_sigma_tilde(self, s: Array) -> Array:
         """Inverse of :meth:`sigma_tilde`; ``s = 0`` maps to ``t = 0``."""
-        s = jnp.asarray(s, jnp.float32)
+        s = as_time(s)
         safe = jnp.where(s > 0, s, 1.0)
         return jnp.where(s > 0, self.t_from_log_snr(-2.0 * jnp.log(safe)), 0.0)
 
     # -- derivatives and SDE coefficients ----------------------------------------------------
     def alpha_dot(self, t: Array) -> Array:
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return jax.jvp(self.alpha, (t,), (jnp.ones_like(t),))[1]
 
     def sigma_dot(self, t: Array) -> Array:
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return jax.jvp(self.sigma, (t,), (jnp.ones_like(t),))[1]
 
     def drift_coef(self, t: Array) -> Array:
@@ -150,11 +173,11 @@ class VP(Process):
     beta_max: float = 20.0
 
     def log_alpha(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def beta(self, t):
-        return self.beta_min + jnp.asarray(t, jnp.float32) * (self.beta_max - self.beta_min)
+        return self.beta_min + as_time(t) * (self.beta_max - self.beta_min)
 
     def alpha(self, t):
         return jnp.exp(self.log_alpha(t))
@@ -173,7 +196,7 @@ class VP(Process):
 
     def t_from_log_snr(self, lam):
         # alpha^2 = sigmoid(lam)  =>  -log alpha^2 = softplus(-lam)
-        return self._t_from_neg_log_alpha2(jax.nn.softplus(-jnp.asarray(lam, jnp.float32)))
+        return self._t_from_neg_log_alpha2(jax.nn.softplus(-as_time(lam)))
 
     def alpha_dot(self, t):
         return -0.5 * self.beta(t) * self.alpha(t)
@@ -207,7 +230,7 @@ class SubVP(VP):
     def t_from_log_snr(self, lam):
         # a = alpha^2 solves e^lam (1 - a)^2 = a: the root in (0, 1) is
         # 2 e^lam / (2 e^lam + 1 + sqrt(4 e^lam + 1)), rewritten with e^-lam for lam > 0.
-        lam = jnp.asarray(lam, jnp.float32)
+        lam = as_time(lam)
         e_pos = jnp.exp(jnp.minimum(lam, 0.0))
         a_neg = 2.0 * e_pos / (2.0 * e_pos + 1.0 + jnp.sqrt(4.0 * e_pos + 1.0))
         e_neg = jnp.exp(-jnp.maximum(lam, 0.0))
@@ -234,27 +257,27 @@ class VE(Process):
     sigma_max: float = 50.0
 
     def alpha(self, t):
-        return jnp.ones_like(jnp.asarray(t, jnp.float32))
+        return jnp.ones_like(as_time(t))
 
     def sigma(self, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return self.sigma_min * jnp.exp(t * jnp.log(self.sigma_max / self.sigma_min))
 
     def log_snr(self, t):
         return -2.0 * jnp.log(self.sigma(t))
 
     def t_from_log_snr(self, lam):
-        log_s = -0.5 * jnp.asarray(lam, jnp.float32)
+        log_s = -0.5 * as_time(lam)
         return (log_s - jnp.log(self.sigma_min)) / jnp.log(self.sigma_max / self.sigma_min)
 
     def alpha_dot(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(as_time(t))
 
     def sigma_dot(self, t):
         return self.sigma(t) * jnp.log(self.sigma_max / self.sigma_min)
 
     def drift_coef(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(as_time(t))
 
     def diffusion_sq(self, t):
         return 2.0 * self.sigma(t) ** 2 * jnp.log(self.sigma_max / self.sigma_min)
@@ -274,28 +297,28 @@ class EDM(Process):
     rho: float = 7.0
 
     def alpha(self, t):
-        return jnp.ones_like(jnp.asarray(t, jnp.float32))
+        return jnp.ones_like(as_time(t))
 
     def sigma(self, t):
-        return self.sigma_max * jnp.asarray(t, jnp.float32)
+        return self.sigma_max * as_time(t)
 
     def log_snr(self, t):
         return -2.0 * jnp.log(self.sigma(t))
 
     def t_from_log_snr(self, lam):
-        return jnp.exp(-0.5 * jnp.asarray(lam, jnp.float32)) / self.sigma_max
+        return jnp.exp(-0.5 * as_time(lam)) / self.sigma_max
 
     def alpha_dot(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(as_time(t))
 
     def sigma_dot(self, t):
-        return jnp.full_like(jnp.asarray(t, jnp.float32), self.sigma_max)
+        return jnp.full_like(as_time(t), self.sigma_max)
 
     def drift_coef(self, t):
-        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+        return jnp.zeros_like(as_time(t))
 
     def diffusion_sq(self, t):
-        return 2.0 * self.sigma_max**2 * jnp.asarray(t, jnp.float32)
+        return 2.0 * self.sigma_max**2 * as_time(t)
 
 
 @struct.dataclass
@@ -317,25 +340,25 @@ class Linear(Process):
     sigma_min: float = 0.0
 
     def alpha(self, t):
-        return 1.0 - jnp.asarray(t, jnp.float32)
+        return 1.0 - as_time(t)
 
     def sigma(self, t):
         # t + sigma_min (1 - t): exactly t for sigma_min = 0 and exactly 1 at t = 1
-        t = jnp.asarray(t, jnp.float32)
+        t = as_time(t)
         return t + self.sigma_min * (1.0 - t)
 
     def t_from_log_snr(self, lam):
         # (1 - t) / (t + m (1 - t)) = r = e^(lam/2); with q = sigmoid(-lam/2) = 1 / (1 + r):
         # t = (q - m (1 - q)) / (1 - m (1 - q)), written without r (no overflow), = q for m = 0
-        q = jax.nn.sigmoid(-0.5 * jnp.asarray(lam, jnp.float32))
+        q = jax.nn.sigmoid(-0.5 * as_time(lam))
         m = self.sigma_min * (1.0 - q)
         return jnp.maximum((q - m) / (1.0 - m), 0.0)
 
     def alpha_dot(self, t):
-        return -jnp.ones_like(jnp.asarray(t, jnp.float32))
+        return -jnp.ones_like(as_time(t))
 
     def sigma_dot(self, t):
-        return (1.0 - self.sigma_min) * jnp.ones_like(jnp.asarray(t, jnp.float32))
+        return (1.0 - self.sigma_min) * jnp.ones_like(as_time(t))
 
 
 @struct.dataclass
@@ -344,13 +367,13 @@ class GVP(Process):
     ``sigma = sin(pi t / 2)`` in our time (data at 0)."""
 
     def alpha(self, t):
-        return jnp.cos(0.5 * jnp.pi * jnp.asarray(t, jnp.float32))
+        return jnp.cos(0.5 * jnp.pi * as_time(t))
 
     def sigma(self, t):
-        return jnp.sin(0.5 * jnp.pi * jnp.asarray(t, jnp.float32))
+        return jnp.sin(0.5 * jnp.pi * as_time(t))
 
     def t_from_log_snr(self, lam):
-        return (2.0 / jnp.pi) * jnp.arctan(jnp.exp(-0.5 * jnp.asarray(lam, jnp.float32)))
+        return (2.0 / jnp.pi) * jnp.arctan(jnp.exp(-0.5 * as_time(lam)))
 
     def alpha_dot(self, t):
         return -0.5 * jnp.pi * self.sigma(t)
@@ -373,7 +396,8 @@ class DiscreteVP(Process):
     linear in ``t`` (constant beta within a step), which makes the process usable by the
     continuous-time samplers while leaving every value at the grid points exact.
 
-    Build with :meth:`from_betas` (tables in float64, stored as float32 ``log alpha_bar``).
+    Build with :meth:`from_betas` (tables in float64, stored as ``log alpha_bar`` in the default
+    float dtype: float32, or float64 when ``jax_enable_x64`` is on at construction).
     """
 
     log_alpha_bar: Array  # shape (T,), log of alpha_bar at indices 0..T-1
@@ -385,7 +409,7 @@ class DiscreteVP(Process):
             raise ValueError(f"betas must be a non-empty 1-D array; got shape {betas.shape}")
         if np.any(betas <= 0) or np.any(betas >= 1):
             raise ValueError("betas must lie in (0, 1)")
-        return cls(log_alpha_bar=jnp.asarray(np.cumsum(np.log1p(-betas)), jnp.float32))
+        return cls(log_alpha_bar=jnp.asarray(np.cumsum(np.log1p(-betas)), default_float()))
 
     @classmethod
     def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -404,13 +428,14 @@ class DiscreteVP(Process):
 
     def _knots(self):
         T = self.num_steps
-        t_knots = jnp.arange(T + 1, dtype=jnp.float32) / T
-        la = jnp.concatenate([jnp.zeros((1,), jnp.float32), self.log_alpha_bar])
+        la = self.log_alpha_bar
+        t_knots = jnp.arange(T + 1, dtype=la.dtype) / T
+        la = jnp.concatenate([jnp.zeros((1,), la.dtype), la])
         return t_knots, la
 
     def log_alpha_bar_at(self, t):
         t_knots, la = self._knots()
-        return jnp.interp(jnp.asarray(t, jnp.float32), t_knots, la)
+        return jnp.interp(as_time(t), t_knots, la)
 
     def alpha(self, t):
         return jnp.exp(0.5 * self.log_alpha_bar_at(t))
@@ -425,12 +450,12 @@ class DiscreteVP(Process):
     def t_from_log_snr(self, lam):
         # alpha_bar = sigmoid(lam); invert the monotone piecewise-linear log alpha_bar(t).
         t_knots, la = self._knots()
-        target = -jax.nn.softplus(-jnp.asarray(lam, jnp.float32))
+        target = -jax.nn.softplus(-as_time(lam))
         return jnp.interp(-target, -la, t_knots)
 
     def betas(self) -> Array:
-        """The per-step betas ``1 - alpha_bar_i / alpha_bar_{i-1}`` (float32)."""
-        la = jnp.concatenate([jnp.zeros((1,), jnp.float32), self.log_alpha_bar])
+        """The per-step betas ``1 - alpha_bar_i / alpha_bar_{i-1}`` (in the table's dtype)."""
+        la = jnp.concatenate([jnp.zeros((1,), self.log_alpha_bar.dtype), self.log_alpha_bar])
         return -jnp.expm1(jnp.diff(la))
 
 

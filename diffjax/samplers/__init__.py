@@ -13,7 +13,7 @@ from diffjax.samplers.driver import (
     sample,
     trace_count,
 )
-from diffjax.samplers.edm import EDMStochastic, EulerAncestral
+from diffjax.samplers.edm import DPMSolverPP2SAncestral, EDMStochastic, EulerAncestral
 from diffjax.samplers.few_step import (
     ConsistencyStep,
     IMMStep,
@@ -23,9 +23,11 @@ from diffjax.samplers.few_step import (
     shortcut_sample,
 )
 from diffjax.samplers.langevin import AnnealedLangevin
-from diffjax.samplers.ode import RK4, DPMSolverPP2M, Euler, Heun
+from diffjax.samplers.ode import LMS, RK4, DPMSolver2, DPMSolverPP2M, Euler, Heun, UniPC
 from diffjax.samplers.sde import (
     Ancestral,
+    DPMSolverPP2MSDE,
+    DPMSolverPP3MSDE,
     EulerMaruyama,
     LangevinCorrector,
     PredictorCorrector,
@@ -40,6 +42,12 @@ SAMPLERS = {
     "heun": Heun,
     "rk4": RK4,
     "dpmpp_2m": DPMSolverPP2M,
+    "dpm_2": DPMSolver2,
+    "lms": LMS,
+    "unipc": UniPC,
+    "dpmpp_2s_ancestral": DPMSolverPP2SAncestral,
+    "dpmpp_2m_sde": DPMSolverPP2MSDE,
+    "dpmpp_3m_sde": DPMSolverPP3MSDE,
     "edm_stochastic": EDMStochastic,
     "euler_ancestral": EulerAncestral,
     "euler_maruyama": EulerMaruyama,

@@ -29,6 +29,14 @@ Randomness. Sample ``i`` uses the key ``fold_in(key, sample_offset + i)``: its i
 ``fold_in(k_i, n + 1)``. No
 draw depends on the batch size or the device count (as EDM's ``StackedRandomGenerator``).
 
+Dtypes (the policy, written once). The sampler state ``x`` and the time grid share one
+float dtype: ``x_init``'s (promoted to at least float32), or ``dtype`` (default float32) when
+sampling from noise. So float64 flows end to end when ``jax_enable_x64`` is on and ``x_init``
+is float64 (or ``dtype=jnp.float64``), and float32 runs are unchanged. Predictions are cast to
+the state's dtype (a float64 oracle in a float32 run, or a bfloat16 network, cannot change
+the scan carry's type); the noise is always drawn in float32 and then cast, so a float64 run
+sees the same draws as a float32 one.
+
 Sharding. With more than one device and a batch divisible by the device count, the batch
 axis is sharded over a 1-D ``('data',)`` mesh of all devices (``jax.jit`` +
 ``NamedSharding``); pass ``mesh=`` to choose another.
@@ -99,7 +107,7 @@ class StepContext(NamedTuple):
         draws within one step."""
         keys = self.keys if salt == 0 else jax.vmap(jax.random.fold_in, (0, None))(self.keys, salt)
         z = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], jnp.float32))(keys)
-        return z.astype(x.dtype)
+        return z.astype(x.dtype)  # float32 draws: the same noise in float32 and float64 runs
 
 
 class Step:
@@ -133,7 +141,7 @@ def make_denoise(model: Callable, process: Process, prediction: str, cond: Any =
     check_kind(prediction)
 
     def denoise(x, t):
-        t = jnp.asarray(t, jnp.float32)
+        t = jnp.asarray(t, state_dtype(x))
         tb = jnp.broadcast_to(t, (x.shape[0],)) if t.ndim == 0 else t
         out = model(x, tb, cond)
         v_var = None
@@ -144,9 +152,17 @@ def make_denoise(model: Callable, process: Process, prediction: str, cond: Any =
             x0 = jnp.clip(x0, -clip_x0, clip_x0)
             tt = tb.reshape((-1,) + (1,) * (x.ndim - 1))
             eps = (x - process.alpha(tt) * x0) / process.sigma(tt)
-        return Prediction(x0, eps, v_var)
+        # the dtype policy: predictions in the state's dtype (scan carries keep their type)
+        return Prediction(x0.astype(x.dtype), eps.astype(x.dtype), v_var)
 
     return denoise
+
+
+def state_dtype(x: Array):
+    """The float dtype of a sampler state and its time: ``x``'s dtype promoted to at least
+    float32 (canonical: float32 unless ``jax_enable_x64`` is on)."""
+    dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    return jax.dtypes.canonicalize_dtype(jnp.promote_types(dt, jnp.float32))
 
 
 def make_raw(model: Callable, cond: Any = None):
@@ -156,7 +172,7 @@ def make_raw(model: Callable, cond: Any = None):
     def raw(x, *times):
         tb = []
         for t in times:
-            t = jnp.asarray(t, jnp.float32)
+            t = jnp.asarray(t, state_dtype(x))
             tb.append(jnp.broadcast_to(t, (x.shape[0],)) if t.ndim == 0 else t)
         return model(x, *tb, cond)
 
@@ -270,6 +286,7 @@ class _Config:
     mesh: Any
     return_trajectory: bool
     has_x_init: bool
+    dtype: Any
 
 
 def _constrain(x, mesh):
@@ -287,10 +304,11 @@ def _run(dyn, key, grid, x_init, offset, *, static: _Static, config: _Config):
     num_steps = grid.shape[0] - 1
     keys = per_sample_keys(key, shape[0], offset)
     if config.has_x_init:
-        x = x_init.astype(jnp.float32)
+        x = x_init.astype(config.dtype)
     else:
-        z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape[1:]))(keys)
-        x = step.prior_std(process, grid[0]) * z
+        z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shape[1:],
+                                                 jnp.float32))(keys)
+        x = (step.prior_std(process, grid[0]) * z.astype(config.dtype)).astype(config.dtype)
     x = _constrain(x, config.mesh)
     denoise = make_denoise(model, process, config.prediction, cond, config.learned_variance,
                            clip_x0)
@@ -349,6 +367,7 @@ def sample(
     sample_offset: int = 0,
     mesh: Mesh | None | str = "auto",
     return_trajectory: bool = False,
+    dtype: Any = None,
 ):
     """Draw samples by running ``step`` over ``grid`` in one jitted ``lax.scan``.
 
@@ -372,27 +391,32 @@ def sample(
       mesh: ``'auto'`` (all devices when the batch divides), ``None`` (no sharding) or a mesh
         with a ``'data'`` axis.
       return_trajectory: also return the stacked states after each step, shape ``(N, *shape)``.
+      dtype: float dtype of the state and the time grid. Default: ``x_init``'s dtype (promoted
+        to at least float32) or float32 without ``x_init``. ``jnp.float64`` needs
+        ``jax_enable_x64``.
 
     Returns:
       The final batch (and the trajectory if asked).
     """
     args, kwargs = _prepare(model, key, shape, grid, step, process, prediction, cond, x_init,
-                            learned_variance, clip_x0, sample_offset, mesh, return_trajectory)
+                            learned_variance, clip_x0, sample_offset, mesh, return_trajectory,
+                            dtype)
     return _run(*args, **kwargs)
 
 
 def lower_sample(model, key, shape, grid, step, *, process, prediction="eps", cond=None,
                  x_init=None, learned_variance=False, clip_x0=None, sample_offset=0,
-                 mesh="auto", return_trajectory=False):
+                 mesh="auto", return_trajectory=False, dtype=None):
     """``jax.jit(...).lower`` of exactly what :func:`sample` would run (for compile-time and
     HLO inspection; ``.compile()`` the result to time compilation)."""
     args, kwargs = _prepare(model, key, shape, grid, step, process, prediction, cond, x_init,
-                            learned_variance, clip_x0, sample_offset, mesh, return_trajectory)
+                            learned_variance, clip_x0, sample_offset, mesh, return_trajectory,
+                            dtype)
     return _run.lower(*args, **kwargs)
 
 
 def _prepare(model, key, shape, grid, step, process, prediction, cond, x_init, learned_variance,
-             clip_x0, sample_offset, mesh, return_trajectory):
+             clip_x0, sample_offset, mesh, return_trajectory, dtype=None):
     if not callable(model):
         raise TypeError(f"model must be callable model(x, t, cond); got {type(model).__name__}")
     if not isinstance(step, Step):
@@ -415,8 +439,19 @@ def _prepare(model, key, shape, grid, step, process, prediction, cond, x_init, l
     dyn, static = partition_static((model, step, process, cond, clip_x0))
     if mesh is not None:
         dyn = _onto_mesh(dyn, mesh)
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64; got {dtype}")
+        if dtype == np.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("dtype=float64 needs jax_enable_x64 "
+                             "(e.g. `with jax.enable_x64(True):`)")
+    elif x_init is not None:
+        dtype = state_dtype(jnp.asarray(x_init))
+    else:
+        dtype = np.dtype(np.float32)
     config = _Config(shape, prediction, bool(learned_variance), mesh, bool(return_trajectory),
-                     x_init is not None)
-    grid = jnp.asarray(grid, jnp.float32)
-    xi = jnp.zeros((), jnp.float32) if x_init is None else jnp.asarray(x_init)
+                     x_init is not None, np.dtype(dtype))
+    grid = jnp.asarray(grid, dtype)
+    xi = jnp.zeros((), dtype) if x_init is None else jnp.asarray(x_init)
     return (dyn, key, grid, xi, jnp.uint32(sample_offset)), dict(static=static, config=config)

@@ -1,4 +1,5 @@
-"""EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) and k-diffusion's Euler ancestral.
+"""EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) and k-diffusion's ancestral
+samplers (Euler ancestral, DPM-Solver++(2S) ancestral).
 
 Both work in EDM's scaled coordinates ``y = x / alpha``, ``sigma~ = sigma / alpha``, so they
 apply to VP and VE processes as well as to the EDM process itself.
@@ -15,7 +16,7 @@ from flax import struct
 from diffjax.samplers.driver import Step
 from diffjax.samplers.ode import rk_step
 
-__all__ = ["EDMStochastic", "EulerAncestral"]
+__all__ = ["EDMStochastic", "EulerAncestral", "DPMSolverPP2SAncestral", "ancestral_split"]
 
 
 @struct.dataclass
@@ -74,4 +75,52 @@ class EulerAncestral(Step):
         # Euler from sigma to sigma_down in y = x / alpha: y0 = x0 + sigma eps, so
         # y_down = x0 + sigma_down eps (written without forming x / alpha).
         y = pred.x0 + down * pred.eps + jnp.where(ctx.is_last, 0.0, up * ctx.normal(x))
+        return proc.alpha(s) * y, state
+
+
+def ancestral_split(sig, sig_next, eta):
+    """k-diffusion's ``get_ancestral_step``: ``(sigma_down, sigma_up)`` with
+    ``sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2))`` and
+    ``sigma_down = sqrt(sigma_next^2 - sigma_up^2)``, written as ``sigma_next`` times ratios
+    (no difference of squares: exactly ``(sigma_next, 0)`` for ``eta = 0``)."""
+    r = jnp.minimum(1.0, eta * jnp.sqrt(jnp.maximum(1.0 - (sig_next / sig) ** 2, 0.0)))
+    return sig_next * jnp.sqrt(jnp.maximum(1.0 - r**2, 0.0)), sig_next * r
+
+
+@struct.dataclass
+class DPMSolverPP2SAncestral(Step):
+    """DPM-Solver++(2S) (Lu et al. 2022b, arXiv 2211.01095, Algorithm 1 with ``r = 1/2``)
+    steps to ``sigma_down``, then fresh noise of std ``sigma_up`` (k-diffusion
+    ``sample_dpmpp_2s_ancestral``; :func:`ancestral_split`).
+
+    In ``y = x / alpha`` with ``lambda = -log sigma~`` and ``h = lambda_down - lambda_t``:
+    ``y_1 = (sigma~_1 / sigma~_t) y - (e^{-h/2} - 1) x0(t)`` at the ``lambda`` midpoint, then
+    ``y_down = (sigma~_down / sigma~_t) y - (e^{-h} - 1) x0(y_1, t_1)`` and
+    ``y_s = y_down + S_noise sigma_up z``. A step with ``sigma_down = 0`` (the last one) returns
+    ``x0``: ``NFE = 2N - 1``. ``eta = 0`` is the deterministic DPM-Solver++(2S); ``eta`` and
+    ``s_noise`` are traced.
+    """
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+    nfe = 2
+
+    def __call__(self, ctx, x, t, s, state):
+        proc = ctx.process
+        sig, sig_next = proc.sigma_tilde(t), proc.sigma_tilde(s)
+        down, up = ancestral_split(sig, sig_next, self.eta)
+        pred = ctx.denoise(x, t)
+        sig_t = proc.sigma(t)
+
+        def second(_):
+            h = jnp.log(sig) - jnp.log(down)
+            sig_1 = sig * jnp.exp(-0.5 * h)
+            t_1 = proc.t_from_sigma_tilde(sig_1)
+            # sigma~_1 / sigma~_t * y = sigma~_1 x / sigma_t: never forms x / alpha
+            x_1 = proc.alpha(t_1) * ((sig_1 / sig_t) * x - jnp.expm1(-0.5 * h) * pred.x0)
+            x0_1 = ctx.denoise(x_1, t_1).x0
+            return (down / sig_t) * x - jnp.expm1(-h) * x0_1
+
+        y = jax.lax.cond(down > 0, second, lambda _: pred.x0, None)
+        y = y + jnp.where(sig_next > 0, up * self.s_noise, 0.0) * ctx.normal(x)
         return proc.alpha(s) * y, state
