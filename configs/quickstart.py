@@ -10,6 +10,8 @@ Samples:  256 digits by DDIM (eta = 0, 50 steps of the 1000-step chain, x0 clipp
           from the EMA weights: <workdir>/samples.png (64 of them) and samples.npz.
 Quality:  sliced W1 in pixel space from the samples to the held-out digits, beside the same
           figure for real training digits and for a Gaussian fit (<workdir>/quality.json).
+Batch:    data.batch_size is the global batch of one step, as in every recipe (the papers'
+          numbers); on N hosts each loads batch_size / N (docs/design.md, "One batch size").
 Paper number: none at this scale. `:smoke` trains 20 steps in seconds (the test suite's run).
 """
 

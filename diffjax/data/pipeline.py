@@ -18,8 +18,10 @@ Guarantees:
 * **Per-host sharding.** Host ``process_index`` of ``process_count`` reads a disjoint,
   contiguous ``1/process_count`` of the records (``ShardOptions(drop_remainder=True)``:
   every host gets ``len(source) // process_count`` records, the rest are never read) and
-  shuffles within it. ``batch_size`` is the *per-host* batch: the global batch is
-  ``batch_size * process_count``; assemble it with :func:`shard_batch`
+  shuffles within it. Give the *global* batch (``global_batch_size=``, what configs and
+  papers quote; the run layer's ``data.batch_size``) and each host reads
+  ``global_batch_size // process_count`` rows per batch (:func:`per_host_batch_size`), or give
+  the per-host ``batch_size=`` directly; assemble the global batch with :func:`shard_batch`
   (``jax.make_array_from_process_local_data``).
 * **Exact resume.** ``set_state(get_state())`` on a fresh loader built with the same
   arguments continues with exactly the batches the first loader would have produced.
@@ -49,6 +51,7 @@ from diffjax.data.sources import ArraySource, LatentsSource
 __all__ = [
     "Loader",
     "make_loader",
+    "per_host_batch_size",
     "default_transforms",
     "shard_batch",
     "ScaleImage",
@@ -266,10 +269,31 @@ class _StableRepr:
         return f"{type(self.source).__qualname__}(n={len(self.source)})"
 
 
+def per_host_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
+    """The rows each host loads per step: ``global_batch_size // process_count``.
+
+    Args:
+        global_batch_size: The batch of one optimizer step summed over all hosts.
+        process_count: Number of hosts (default ``jax.process_count()``).
+
+    Raises:
+        ValueError: ``global_batch_size`` is not a positive multiple of ``process_count``.
+    """
+    if process_count is None:
+        process_count = jax.process_count()
+    if (isinstance(global_batch_size, bool) or int(global_batch_size) != global_batch_size
+            or global_batch_size <= 0 or global_batch_size % process_count):
+        raise ValueError(f"global_batch_size={global_batch_size!r} must be a positive multiple "
+                         f"of the process count {process_count} (each host loads "
+                         "global_batch_size / process_count rows)")
+    return int(global_batch_size) // process_count
+
+
 def make_loader(
     source,
     *,
-    batch_size: int,
+    batch_size: int | None = None,
+    global_batch_size: int | None = None,
     seed: int,
     shuffle: bool = True,
     num_epochs: int | None = None,
@@ -291,6 +315,8 @@ def make_loader(
     Args:
         source: A random-access source (``len`` and ``__getitem__ -> dict``).
         batch_size: Per-host batch size (global batch = ``batch_size * process_count``).
+        global_batch_size: The global batch instead (give exactly one of the two): each host
+            loads ``global_batch_size // process_count`` rows (:func:`per_host_batch_size`).
         seed: Non-negative 32-bit seed of the shuffle and of the random transforms.
         shuffle: Global shuffle (reshuffled each epoch); ``False`` reads in index order.
         num_epochs: Stop after this many passes; ``None`` repeats forever.
@@ -321,6 +347,12 @@ def make_loader(
         process_index = jax.process_index()
     if process_count is None:
         process_count = jax.process_count()
+    if (batch_size is None) == (global_batch_size is None):
+        raise ValueError("make_loader needs exactly one of batch_size (per host) and "
+                         f"global_batch_size; got batch_size={batch_size!r}, "
+                         f"global_batch_size={global_batch_size!r}")
+    if global_batch_size is not None:
+        batch_size = per_host_batch_size(global_batch_size, process_count)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive; got {batch_size}")
     if not 0 <= process_index < process_count:

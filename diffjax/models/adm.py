@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from diffjax.models.layers import stat_dtype
 from diffjax.models.layers_unet import AttentionPool2d, GroupNorm
 from diffjax.models.unet import UNet
 
@@ -105,7 +106,7 @@ class ADMClassifier(nnx.Module):
                              f"{x.shape[1]}x{x.shape[2]}")
         h, _ = enc.encode(x, enc.embed(t, None), train, rngs)
         h = jax.nn.silu(self.norm(h))
-        return self.pool(h).astype(jnp.float32)
+        return self.pool(h).astype(stat_dtype(enc.dtype))
 
 
 #: iDDPM / ADM presets (kwargs of :class:`ADMUNet`).

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx, struct
 
 from diffjax import adapters
+from diffjax.models.layers import at_least_float32
 from diffjax.parameterization import EDMPrecond
 
 __all__ = ["Denoiser", "Network", "as_denoiser", "PRECONDS"]
@@ -64,7 +64,7 @@ class Denoiser:
 
     def __call__(self, x, t, cond: Any = None):
         return self.raw(x, adapters.time_input(self.time_input, self.process, self.num_timesteps)(
-            jnp.asarray(t, jnp.float32)), cond)
+            at_least_float32(t)), cond)
 
     def raw(self, x, time_value, cond: Any = None):
         """The network on its own time input (what a preconditioner feeds it)."""

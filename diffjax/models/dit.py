@@ -54,11 +54,13 @@ from diffjax.models.layers import (
     PatchEmbed,
     SwiGLU,
     TimestepEmbedder,
+    at_least_float32,
     constrain,
     get_2d_sincos_pos_embed,
     make_norm,
     modulate,
     rope_2d_tables,
+    stat_dtype,
 )
 
 Array = Any
@@ -329,7 +331,7 @@ class DiT(nnx.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"x must have shape (B, {want[0]}, {want[1]}, {want[2]}) (NHWC); "
                              f"got x.shape={tuple(x.shape)}")
-        t = jnp.asarray(t, jnp.float32)
+        t = at_least_float32(t)
         if t.ndim == 0:
             t = jnp.broadcast_to(t, (x.shape[0],))
         if t.shape != (x.shape[0],):
@@ -394,7 +396,7 @@ class DiT(nnx.Module):
         h = constrain(h, ("batch", "length", "act_embed"))
         c = self.t_embedder(t)
         if s is not None:
-            c = c + self.s_embedder(jnp.broadcast_to(jnp.asarray(s, jnp.float32), t.shape))
+            c = c + self.s_embedder(jnp.broadcast_to(at_least_float32(s), t.shape))
         if self.y_embedder is not None:
             key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
             c = c + self.y_embedder(y, train=train, key=key,
@@ -413,7 +415,8 @@ class DiT(nnx.Module):
                               policy=policy)(block, h, c, rope, ctx, ctx_mask)
             else:
                 h = block(h, c, rope, ctx, ctx_mask)
-        out = self.unpatchify(self.final_layer(h, c)).astype(jnp.float32)
+        # float32 for bf16/fp32 compute, float64 for float64 compute
+        out = self.unpatchify(self.final_layer(h, c)).astype(stat_dtype(cfg.dtype))
         if cfg.discard_sigma:
             out = out[..., : cfg.in_channels]
         return out

@@ -72,6 +72,9 @@ __all__ = [
     "constrain",
     "logical_to_mesh_sharding",
     "logical_to_pspec",
+    "at_least_float32",
+    "dot_product_attention",
+    "stat_dtype",
     "modulate",
     "timestep_embedding",
     "get_2d_sincos_pos_embed",
@@ -98,6 +101,21 @@ class Buffer(nnx.Variable):
     published 675,129,632 parameters of DiT-XL/2 include it. ``nnx.split(model, nnx.Param,
     ...)`` leaves buffers in the rest state, so optimisers never touch them.
     """
+
+
+def stat_dtype(dtype: Dtype) -> Any:
+    """The dtype of statistics and features for compute ``dtype``: at least float32
+    (bfloat16 -> float32, float32 -> float32, float64 -> float64), so low-precision compute keeps
+    fp32 normalisation while a float64 network stays float64 throughout."""
+    return jnp.result_type(dtype, jnp.float32)
+
+
+def at_least_float32(x: Array) -> Array:
+    """``x`` as an array of at least float32 (integers and bfloat16 -> float32; float64 kept, so
+    time inputs are exact at float64 when x64 is enabled and the caller asks for it; Python
+    scalars stay float32, as weak types)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.result_type(x, jnp.float32))
 
 
 def _with_names(init, names: Sequence[str | None]):
@@ -280,12 +298,14 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0,
 
     GLIDE/DiT ``TimestepEmbedder.timestep_embedding`` (``freq_shift = 0``); diffusers'
     ``Timesteps(flip_sin_to_cos=True, downscale_freq_shift=1)`` used by its DiT port is
-    ``freq_shift = 1``. ``t`` has shape ``(B,)`` and may be fractional; output ``(B, dim)`` fp32.
+    ``freq_shift = 1``. ``t`` has shape ``(B,)`` and may be fractional; output ``(B, dim)`` in
+    fp32, or float64 for a float64 ``t`` (:func:`at_least_float32`).
     """
     half = dim // 2
-    k = jnp.arange(half, dtype=jnp.float32)
+    t = at_least_float32(t)
+    k = jnp.arange(half, dtype=t.dtype)
     freqs = jnp.exp(-math.log(max_period) * k / (half - freq_shift))
-    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
+    args = t[:, None] * freqs[None, :]
     emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
@@ -335,7 +355,7 @@ def rope_2d_tables(head_dim: int, grid_size: int, theta: float = 10000.0):
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     """Rotate interleaved feature pairs: ``x * cos + rotate_half(x) * sin`` with
     ``rotate_half((x1, x2)) = (-x2, x1)`` per pair. ``x``: ``(B, N, H, D)``; tables ``(N, D)``."""
-    xf = x.astype(jnp.float32)
+    xf = x.astype(stat_dtype(x.dtype))
     pairs = xf.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2))
     rot = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
     c = cos[None, :, None, :]
@@ -471,7 +491,7 @@ class LayerNormNoAffine(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: Array) -> Array:
-        xf = x.astype(jnp.float32)
+        xf = x.astype(stat_dtype(x.dtype))
         mu = xf.mean(-1, keepdims=True)
         var = jnp.square(xf - mu).mean(-1, keepdims=True)
         return ((xf - mu) * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
@@ -488,9 +508,9 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x: Array) -> Array:
-        xf = x.astype(jnp.float32)
+        xf = x.astype(stat_dtype(x.dtype))
         y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
-        return (y * _expand_to(self.weight[...].astype(jnp.float32), y.ndim)).astype(x.dtype)
+        return (y * _expand_to(self.weight[...].astype(xf.dtype), y.ndim)).astype(x.dtype)
 
 
 def make_norm(kind: str, dim: int, eps: float, *, param_dtype=jnp.float32,
@@ -503,8 +523,24 @@ def make_norm(kind: str, dim: int, eps: float, *, param_dtype=jnp.float32,
     raise ValueError(f"norm_type must be 'layernorm' or 'rmsnorm'; got {kind!r}")
 
 
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None = None,
+                          implementation: str | None = None) -> Array:
+    """``softmax(q k^T / sqrt(d)) v`` over ``(B, N, H, D)`` inputs (Vaswani et al. 2017, Eq. 1).
+
+    ``jax.nn.dot_product_attention`` computes the logits and softmax in float32 whatever the
+    input dtype; float64 inputs take this float64 einsum path instead, so a float64 network
+    stays exact. Other dtypes (bf16, fp32) go to ``jax.nn.dot_product_attention`` unchanged.
+    """
+    if q.dtype != jnp.float64:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
 def _attend(q, k, v, mask, implementation):
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
 class Attention(nnx.Module):

@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from diffjax.models.denoiser import Denoiser, as_denoiser  # noqa: F401  (re-exported)
+from diffjax.models.layers import at_least_float32, dot_product_attention, stat_dtype
 
 Array = Any
 Dtype = Any
@@ -119,9 +120,9 @@ def timestep_embedding(t: Array, dim: int, *, flip_sin_to_cos: bool = False,
       t: shape ``(B,)``.
       dim: embedding width.
     """
-    t = jnp.asarray(t, jnp.float32).reshape(-1)
+    t = at_least_float32(t).reshape(-1)  # float64 stays float64 (exact float64 networks)
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=t.dtype) / (half - freq_shift))
     args = t[:, None] * freqs[None, :]
     emb = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
     emb = jnp.concatenate(emb, axis=-1)
@@ -131,7 +132,8 @@ def timestep_embedding(t: Array, dim: int, *, flip_sin_to_cos: bool = False,
 
 
 class GroupNorm(nnx.Module):
-    """Group normalisation computed in fp32, output cast to ``dtype`` (ADM ``GroupNorm32``)."""
+    """Group normalisation computed in at least fp32 (float64 for a float64 ``dtype``), output
+    cast to ``dtype`` (ADM ``GroupNorm32``)."""
 
     def __init__(self, channels: int, groups: int | None = 32, eps: float = 1e-5, *,
                  dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
@@ -140,13 +142,14 @@ class GroupNorm(nnx.Module):
             raise ValueError(f"GroupNorm: channels={channels} is not divisible by groups={groups}")
         self.dtype = dtype
         self.gn = nnx.GroupNorm(
-            channels, num_groups=groups, epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
+            channels, num_groups=groups, epsilon=eps, dtype=stat_dtype(dtype),
+            param_dtype=param_dtype,
             use_fast_variance=False, rngs=rngs,
             scale_init=part(nnx.initializers.ones_init(), AXES["norm"]),
             bias_init=part(nnx.initializers.zeros_init(), AXES["norm"]))
 
     def __call__(self, x: Array) -> Array:
-        return self.gn(x.astype(jnp.float32)).astype(self.dtype)
+        return self.gn(x.astype(stat_dtype(self.dtype))).astype(self.dtype)
 
 
 def Conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: Any = None, *,
@@ -191,7 +194,8 @@ class FourierFeatures(nnx.Module):
         self.W = FourierWeight(jax.random.normal(rngs.params(), (size,), jnp.float32) * scale)
 
     def __call__(self, x: Array) -> Array:
-        proj = jnp.asarray(x, jnp.float32)[:, None] * self.W[...][None, :] * (2 * np.pi)
+        x = at_least_float32(x)
+        proj = x[:, None] * self.W[...].astype(x.dtype)[None, :] * (2 * np.pi)
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
@@ -216,7 +220,7 @@ def _avg_down(x: Array) -> Array:
 def _fir_kernel(k: Sequence[float], gain: float) -> np.ndarray:
     k = np.asarray(k, np.float64)
     k = np.outer(k, k)
-    return (k / k.sum() * gain).astype(np.float32)
+    return k / k.sum() * gain  # float64; cast to the input's dtype at use
 
 
 def _upfirdn(x: Array, k: np.ndarray, up: int, down: int, pad: tuple[int, int]) -> Array:
@@ -396,7 +400,7 @@ class AttnBlock(nnx.Module):
         n = self.num_heads
         h = self.norm(x).reshape(b, hh * ww, c)
         q, k, v = (m(h).reshape(b, hh * ww, n, c // n) for m in (self.q, self.k, self.v))
-        o = jax.nn.dot_product_attention(q, k, v).reshape(b, hh * ww, c)
+        o = dot_product_attention(q, k, v).reshape(b, hh * ww, c)
         out = x + self.proj(o).reshape(b, hh, ww, c).astype(x.dtype)
         return out * INV_SQRT2 if self.skip_rescale else out
 
@@ -431,5 +435,5 @@ class AttentionPool2d(nnx.Module):
         t = t + self.pos_emb[...].astype(t.dtype)[None]
         q, k, v = jnp.split(self.qkv(t), 3, axis=-1)
         q, k, v = (a.reshape(b, hh * ww + 1, n, c // n) for a in (q, k, v))
-        o = jax.nn.dot_product_attention(q, k, v).reshape(b, hh * ww + 1, c)
+        o = dot_product_attention(q, k, v).reshape(b, hh * ww + 1, c)
         return self.proj(o[:, 0])

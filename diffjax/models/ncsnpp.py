@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from diffjax.models.layers import at_least_float32, stat_dtype
 from diffjax.models.layers_unet import (
     INV_SQRT2,
     AttnBlock,
@@ -264,7 +265,7 @@ class NCSNpp(nnx.Module):
             raise ValueError("cond['s'] given but the NCSNpp has second_scalar=False")
         if s is None:
             return None
-        s = jnp.asarray(s, jnp.float32)
+        s = at_least_float32(s)
         if s.ndim == 0:
             s = jnp.broadcast_to(s, (batch,))
         if s.shape != (batch,):
@@ -293,7 +294,8 @@ class NCSNpp(nnx.Module):
         if x.shape[1] % self.factor or x.shape[2] % self.factor:
             raise ValueError(f"x resolution {x.shape[1]}x{x.shape[2]} is not divisible by the "
                              f"down-sampling factor {self.factor}")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1), (x.shape[0],))
+        t = at_least_float32(t).reshape(-1)
+        t = jnp.broadcast_to(t, (x.shape[0],))
         s = self._second(cond, x.shape[0])
         m = self.modules
         k = 0
@@ -368,7 +370,7 @@ class NCSNpp(nnx.Module):
             h = m[k + 1](jax.nn.silu(m[k](h)))
             k += 2
         assert k == len(m)
-        h = h.astype(jnp.float32)
+        h = h.astype(stat_dtype(self.dtype))  # float32, or float64 for a float64 network
         if self.scale_by_sigma:
             h = h / t.reshape(-1, 1, 1, 1)
         return h

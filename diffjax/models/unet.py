@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from diffjax.models.layers import at_least_float32
 from diffjax.models.layers_unet import (
     AXES,
     AttnBlock,
@@ -37,8 +38,8 @@ from diffjax.models.layers_unet import (
     ResBlock,
     TimeEmbedding,
     Upsample,
-    part,
     as_denoiser,
+    part,
     timestep_embedding,
 )
 
@@ -100,8 +101,9 @@ class UNet(nnx.Module):
       rngs: parameter initialisation.
     """
 
-    def __init__(self, *, image_size: int = 32, in_channels: int = 3, out_channels: int | None = None,
-                 ch: int = 128, ch_mult: Sequence[float] = (1, 2, 2, 2), num_res_blocks: int = 2,
+    def __init__(self, *, image_size: int = 32, in_channels: int = 3,
+                 out_channels: int | None = None, ch: int = 128,
+                 ch_mult: Sequence[float] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1, num_heads: int = 1,
                  num_head_channels: int | None = None, num_classes: int | None = None,
                  scale_shift: bool = False, resblock_updown: bool = False,
@@ -193,7 +195,7 @@ class UNet(nnx.Module):
         if x.shape[1] % self.factor or x.shape[2] % self.factor:
             raise ValueError(f"x resolution {x.shape[1]}x{x.shape[2]} is not divisible by the "
                              f"down-sampling factor {self.factor}")
-        t = jnp.asarray(t, jnp.float32)
+        t = at_least_float32(t)
         if t.ndim == 0:
             t = jnp.broadcast_to(t, (x.shape[0],))
         if t.shape != (x.shape[0],):

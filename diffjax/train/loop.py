@@ -51,24 +51,38 @@ class PreemptionGuard:
 
 
 def restore_or_init(checkpointer: Checkpointer | None, init_state: Callable[[], Any],
-                    loader=None):
+                    loader=None, *, abstract_state: Any = None):
     """Resume from the newest good checkpoint, else build a fresh state. Returns the state.
 
     Newer checkpoints that fail to restore or fail their integrity check are moved to
     ``corrupt/`` beside them (see :meth:`Checkpointer.restore_latest`), so training continues
     and saves through their step numbers.
 
+    Args:
+        checkpointer: where the checkpoints live (``None``: always a fresh state).
+        init_state: ``() -> state``, called only when nothing is restored.
+        loader: a resumable data loader whose state is restored beside the model's.
+        abstract_state: the restore target, a tree of ``jax.ShapeDtypeStruct`` with
+            shardings (:func:`diffjax.train.abstract_train_state`), or a ``() -> tree``
+            callable. The checkpoint is read straight onto the devices, so resuming needs no
+            throwaway concrete state (peak memory as a fresh start). ``None`` builds the
+            fresh state first and restores onto its shapes and shardings (twice the memory).
+
     Raises:
         NoRestorableCheckpointError: checkpoints exist but none restores onto this state.
     """
-    state = init_state()
     if checkpointer is None:
-        return state
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        return init_state()
+    if abstract_state is None:
+        state = init_state()
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    else:
+        state = None
+        abstract = abstract_state() if callable(abstract_state) else abstract_state
     found = checkpointer.restore_latest(abstract)
     if found is None:
-        return state
+        return init_state() if state is None else state
     _, state, data_state, _ = found
     if loader is not None and data_state is not None:
         # checkpoints hold the state as JSON text; grain's loaders want the bytes back

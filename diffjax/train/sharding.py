@@ -6,10 +6,15 @@
   :func:`diffjax.train.state_shardings`): logical axis names through a rules table first
   (:data:`diffjax.models.layers.DEFAULT_RULES`: ``embed -> 'fsdp'``), then, for arrays the rules
   leave off the ``fsdp`` axis, the FSDP shape rule (the largest still-replicated dimension
-  divisible by the ``fsdp`` axis size; arrays under 4096 elements stay replicated). With
-  ``fsdp = 1`` everything is replicated (pure data parallel).
-* Multi-host: each host feeds its local batch to :func:`shard_batch`, which assembles the
-  global array with ``jax.make_array_from_process_local_data``.
+  divisible by the ``fsdp`` axis size; arrays under 4096 elements stay replicated). DiTs are
+  sharded by their names, the UNets (DDPM, ADM, NCSN++, whose ``channels_in`` /
+  ``channels_out`` names have no rule) by shape; tests/test_sharding.py checks that >= 99 % of
+  every family's state bytes are split. With ``fsdp = 1`` everything is replicated (pure data
+  parallel).
+* Multi-host: configs give the global batch (``data.batch_size``); each host loads
+  ``global / process_count`` rows (:func:`diffjax.data.pipeline.per_host_batch_size`) and feeds
+  them to :func:`shard_batch`, which assembles the global array with
+  ``jax.make_array_from_process_local_data`` (host ``i``'s rows land on its own devices).
 """
 
 from __future__ import annotations

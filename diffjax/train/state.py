@@ -24,7 +24,7 @@ from flax import struct
 from diffjax.models.layers import logical_to_mesh_sharding
 from diffjax.train.sharding import replicated
 
-__all__ = ["TrainState", "create_train_state", "state_shardings"]
+__all__ = ["TrainState", "abstract_train_state", "create_train_state", "state_shardings"]
 
 
 @struct.dataclass
@@ -103,3 +103,28 @@ def create_train_state(init_params: Callable[[jax.Array], Any],
         return jax.jit(fn)(rng_data)
     abstract = jax.eval_shape(fn, rng_data)
     return jax.jit(fn, out_shardings=state_shardings(abstract, mesh, rules))(rng_data)
+
+
+def abstract_train_state(init_params: Callable[[jax.Array], Any],
+                         optimizer: optax.GradientTransformation, *, seed: int = 0,
+                         ema_names=("ema",), mesh=None,
+                         init_extra: Callable[[], dict] | None = None,
+                         rules=None) -> TrainState:
+    """The state :func:`create_train_state` would build, as ``jax.ShapeDtypeStruct`` leaves
+    carrying their final shardings; nothing is allocated.
+
+    Restoring a checkpoint into this target (orbax ``StandardRestore``) writes every array
+    straight onto its devices, so resuming peaks at the memory of a fresh start instead of a
+    fresh start plus the restored copy. Arguments as :func:`create_train_state`; without a
+    ``mesh`` every array targets the first device.
+    """
+    rng_data = jax.random.key_data(jax.random.key(seed))
+    fn = lambda r: _init_state(init_params, optimizer, tuple(ema_names), init_extra, r)
+    abstract = jax.eval_shape(fn, rng_data)
+    if mesh is None:
+        dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                                     sharding=dev), abstract)
+    return jax.tree_util.tree_map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract,
+        state_shardings(abstract, mesh, rules))
