@@ -10,7 +10,7 @@ Data:     pre-extracted latents: an ``.npz`` with ``latents`` (N, 32, 32, 4) and
           (N,) in 0..999; IMM normalises SD-VAE latents per channel with
           raw_mean = (0.86488, -0.27787343, 0.21616915, 0.3738409), raw_std = (4.85503674,
           5.31922414, 3.93725398, 3.9870003), then multiplies by 0.5 (spec 1.3): store them
-          normalised. Default ``data/imagenet256_imm_latents.npz``.
+          normalised. Default ``data/imagenet256_imm_latents``.
 Model:    DiT-XL/2 with a second timestep embedder (c = t_emb + s_emb + y_emb), 1000 classes
           + a null class (label dropout 0.1), no learned sigma. The null class is a label row
           (DEVIATION: the reference feeds a zero one-hot vector).
@@ -23,15 +23,19 @@ Samples:  pushforward, 8 uniform steps from T to 0, CFG 1.5 on the network outpu
           Euler map (``IMMPrecond.cfg_forward``).
 Paper number: ImageNet 256 FID 1.99 at 8 steps with CFG 1.5 (abstract); 8.05 / 3.99 / 2.51 at
           1 / 2 / 4 steps [memory, unverified].
-`:smoke` is a 1-block class-conditional DiT on 8x8x4 latents; pass a small ``.npz`` with
-          --config.data.name.
+`:smoke` is a 1-block class-conditional DiT on 8x8x4 latents; ``encode`` makes them from 64
+          embedded digits with a tiny random VAE (or pass a small ``.npz`` with
+          --config.data.name); samples are decoded by that VAE.
+Latents:  ``python -m diffjax encode`` writes the latent folder from ``encode.data`` with the
+          VAE of ``config.vae`` (diffusers ``AutoencoderKL`` files in ``vae.weights``); sample
+          and eval decode with it.
 """
 
 import ml_collections
 
 from diffjax.run.smoke import smoke_variant
 
-DEFAULT_LATENTS = "data/imagenet256_imm_latents.npz"
+DEFAULT_LATENTS = "data/imagenet256_imm_latents"  # the folder `diffjax encode` writes
 
 
 def get_config(arg=None):
@@ -52,12 +56,23 @@ def get_config(arg=None):
                    sample_every=0)
     c.sample = dict(num_samples=256, ema="ema")
     c.mesh = dict(data=-1, fsdp=1)
+    # the VAE (`python -m diffjax encode` encodes the images with it; sample / eval decode
+    # the latents with it): place diffusers' AutoencoderKL files (config.json +
+    # diffusion_pytorch_model.safetensors) in the folder vae.weights; nothing is downloaded
+    c.vae = dict(preset="sd", weights="vae/sd-vae-ft-ema", chunk_size=32)
+    c.encode = dict(data="imagenet2012", split="train", image_size=256, batch_size=32,
+                    examples_per_shard=10_000, flip=True, posterior="sample", output="")
     if arg == "smoke":
         smoke_variant(c, dict(name="dit", preset="DiT-S/2", input_size=8, in_channels=4,
                       hidden_size=32, depth=1, num_heads=2, num_classes=10,
                       class_dropout_prob=0.1, learn_sigma=False, second_scalar=True,
                       time_input="t"), sample_steps=None)
         c.method.update(sample_steps=2)
+        # images -> tiny VAE -> latents: 64 embedded digits at 32x32 -> 8x8x4 latents
+        c.vae = dict(preset="tiny", in_channels=1, out_channels=1, weights="", seed=0)
+        c.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
+                        examples_per_shard=32, flip=False, posterior="mean", output="",
+                        max_examples=64)
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

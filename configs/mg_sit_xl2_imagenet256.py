@@ -10,7 +10,7 @@ Hardware: SiT-XL/2 (119 Gflops per image) at batch 256; the paper's step count i
 Data:     pre-extracted latents: an ``.npz`` with ``latents`` (N, 32, 32, 4) float32
           (``stabilityai/sd-vae-ft-ema`` x 0.18215; encode flipped copies for the reference's
           random flip) and ``labels`` (N,) in 0..999; default
-          ``data/imagenet256_sdvae_latents.npz``.
+          ``data/imagenet256_sdvae_latents`` (an encode folder; an ``.npz`` works too).
 Model:    SiT-XL/2 (depth 28, width 1152, 16 heads, patch 2), 1000 classes + a null row, no
           learned sigma, fed SiT time (data at t = 1) and negated to a diffjax velocity.
           Labels are dropped by the MG loss itself (the reference sets the model's
@@ -26,15 +26,19 @@ Training: linear path x_t = (1 - t) x + t eps, target u = eps - x; after ``start
 Samples:  Euler-Maruyama, 250 steps on linspace(1, 0.04) then a noiseless last step to 0,
           diffusion g^2 = 2 t (``EulerMaruyama(diffusion='sigma')``), guidance scale 1.
 Paper number: ImageNet 256 FID-50K 1.34 without CFG (reference README; 1.39 on one node).
-`:smoke` is a 1-block class-conditional SiT on 8x8x4 latents; pass a small ``.npz`` with
-          --config.data.name.
+`:smoke` is a 1-block class-conditional SiT on 8x8x4 latents; ``encode`` makes them from 64
+          embedded digits with a tiny random VAE (or pass a small ``.npz`` with
+          --config.data.name); samples are decoded by that VAE.
+Latents:  ``python -m diffjax encode`` writes the latent folder from ``encode.data`` with the
+          VAE of ``config.vae`` (diffusers ``AutoencoderKL`` files in ``vae.weights``); sample
+          and eval decode with it.
 """
 
 import ml_collections
 
 from diffjax.run.smoke import smoke_variant
 
-DEFAULT_LATENTS = "data/imagenet256_sdvae_latents.npz"
+DEFAULT_LATENTS = "data/imagenet256_sdvae_latents"  # the folder `diffjax encode` writes
 
 
 def get_config(arg=None):
@@ -56,6 +60,12 @@ def get_config(arg=None):
                    sample_every=0)
     c.sample = dict(num_samples=256, ema="ema")
     c.mesh = dict(data=-1, fsdp=1)
+    # the VAE (`python -m diffjax encode` encodes the images with it; sample / eval decode
+    # the latents with it): place diffusers' AutoencoderKL files (config.json +
+    # diffusion_pytorch_model.safetensors) in the folder vae.weights; nothing is downloaded
+    c.vae = dict(preset="sd", weights="vae/sd-vae-ft-ema", chunk_size=32)
+    c.encode = dict(data="imagenet2012", split="train", image_size=256, batch_size=32,
+                    examples_per_shard=10_000, flip=True, posterior="sample", output="")
     if arg == "smoke":
         smoke_variant(c, dict(name="dit", preset="SiT-S/2", input_size=8, in_channels=4,
                       hidden_size=32, depth=1, num_heads=2, num_classes=10,
@@ -63,6 +73,11 @@ def get_config(arg=None):
                       time_input="sit", prediction="velocity", negate_output=True),
                       sample_steps=None)
         c.method.update(start_step=2, sample_steps=3)
+        # images -> tiny VAE -> latents: 64 embedded digits at 32x32 -> 8x8x4 latents
+        c.vae = dict(preset="tiny", in_channels=1, out_channels=1, weights="", seed=0)
+        c.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
+                        examples_per_shard=32, flip=False, posterior="mean", output="",
+                        max_examples=64)
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c
