@@ -82,6 +82,9 @@ class Method(NamedTuple):
         sampler), or ``None``.
       train_step: an own ``(state, batch) -> (state, metrics)`` for methods that update
         several networks (GANs), or ``None`` for the standard step around ``loss``.
+      optimizer: an own optax transformation whose ``init`` builds ``state.opt_state`` (GANs:
+        one optimizer per network, read by their ``train_step``), or ``None`` for the run's
+        ``config.optim``.
     """
 
     name: str
@@ -94,6 +97,7 @@ class Method(NamedTuple):
     init_params: Callable | None = None
     update_extra: Callable | None = None
     train_step: Callable | None = None
+    optimizer: Any = None
 
 
 def ema_if(name: str | None, decay: float | EMASpec | None) -> dict:
