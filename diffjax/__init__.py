@@ -11,6 +11,7 @@ from diffjax import (
     guidance,
     integrate,
     likelihood,
+    local_score,
     losses,
     metrics,
     parameterization,

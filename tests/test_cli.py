@@ -67,8 +67,8 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path):
             ("train.save_every", "0", r"train.save_every must be an integer >= 1; got 0"),
             ("train.log_every", "-1", r"train.log_every must be an integer >= 1; got -1"),
             ("data.batch_size", "0", r"data.batch_size must be an integer >= 1; got 0"),
-            ("data.batch_size", "12", r"data.batch_size=12 must be divisible by the 8 devices.*"
-                                      r"expected a multiple of 8")):
+            ("data.batch_size", "12", r"data.batch_size=12 \(the global batch\) must be "
+                                      r"divisible by the 8 devices.*expected a multiple of 8")):
         with pytest.raises(ValueError, match=match):
             cli.main(["train", QUICK, f"--workdir={work}", f"--config.{key}={value}"])
     # an unknown key says where a key of that name lives, or lists the section's keys

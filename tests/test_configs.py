@@ -70,7 +70,7 @@ def test_digits_smoke_train_resume_sample_eval(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in CONFIGS if p.stem != "quickstart")
 #: recipes whose smoke variant trains on latents (no embedded data): a random latent set
-LATENT_RECIPES = ("dit_", "shortcut_", "imm_imagenet", "mg_")
+LATENT_RECIPES = ("dit_", "shortcut_", "imm_imagenet", "mg_", "sit_", "lightningdit_")
 #: the plain-diffusion smokes' logged losses, recorded before the run layer became a Method
 #: per training path (experiments/fixtures/record_smoke_losses.py, at commit b2d4863)
 SMOKE_LOSSES = json.loads((ROOT / "tests" / "fixtures" / "smoke_losses.json").read_text())
@@ -90,6 +90,13 @@ def _latents(tmp_path, n=64, size=8, channels=4, classes=10):
 def _recipe_args(name, tmp_path, workdir):
     args = [f"--config={ROOT / 'configs' / name}.py:smoke", f"--workdir={workdir}"]
     if name.startswith(LATENT_RECIPES):
+        if _load(ROOT / "configs" / f"{name}.py").get_config("smoke").get("encode"):
+            # images -> the smoke's tiny VAE -> latent shards (python -m diffjax encode)
+            folder = tmp_path / "latents"
+            if not folder.exists():
+                cli.main(["encode"] + args + [f"--config.encode.output={folder}"])
+            args.append(f"--config.data.name={folder}")
+            return args
         classes = 0 if name.startswith("shortcut") else 10
         args.append(f"--config.data.name={_latents(tmp_path, classes=classes)}")
     return args
@@ -100,7 +107,18 @@ def _losses(work):
             (json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines())}
 
 
-@pytest.mark.parametrize("name", RECIPES)
+#: recipes whose smoke costs minutes of compilation on 2 CPU cores (3-D UNets over clips), or
+#: repeats another recipe's path at a larger size (three of the four Cold Diffusion recipes,
+#: four of the six latent ones, CD on ImageNet 64): run with ``-m slow``. The default run
+#: keeps one of each path: cold_cifar10_blur, dit_b2 (images -> VAE -> latents -> DiT ->
+#: decoded FID), imm_imagenet256 (a method on latents), cd_cifar10.
+SLOW_SMOKES = ("video_bair", "video_ucf101", "cold_celeba_blur", "cold_celeba_noise",
+               "cold_mnist", "lightningdit_xl1_imagenet256", "sit_xl2_imagenet256",
+               "mg_sit_xl2_imagenet256", "dit_xl2_imagenet256", "cd_imagenet64")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in SLOW_SMOKES else n for n in RECIPES])
 def test_recipe_smoke_trains_samples_and_evaluates(name, tmp_path):
     """Train (checkpoint, losses finite; plain diffusion: the losses recorded before the
     refactor), sample from the checkpoint, and evaluate it, all through the command line."""
@@ -112,7 +130,9 @@ def test_recipe_smoke_trains_samples_and_evaluates(name, tmp_path):
     assert out["start_step"] == 0 and out["end_step"] == steps
     losses = _losses(work)
     assert losses and all(np.isfinite(v) for v in losses.values())
-    if name in SMOKE_LOSSES:  # plain diffusion computes exactly what it computed before
+    if name in SMOKE_LOSSES and not cfg.get("encode"):
+        # plain diffusion computes exactly what it computed before (on the random latents the
+        # losses were recorded with; a recipe with a VAE now trains on encoded images)
         assert not cfg.get("method")
         np.testing.assert_allclose([losses[k] for k in SMOKE_LOSSES[name]],
                                    list(SMOKE_LOSSES[name].values()), rtol=1e-6)
@@ -127,7 +147,13 @@ def test_recipe_smoke_trains_samples_and_evaluates(name, tmp_path):
     evargs = ["eval"] + args + ["--config.eval.features=pixels", "--config.eval.metrics=fid",
                                 "--config.eval.num_samples=8", "--config.eval.batch_size=4",
                                 "--config.eval.reference_max=64"]
-    if x.shape[-1] in (1, 3):
+    if x.ndim == 2:  # 2-D points: the sliced Wasserstein distance to the data
+        ev = cli.main(["eval"] + args + ["--config.eval.metrics=sw1",
+                                         "--config.eval.num_samples=8",
+                                         "--config.eval.batch_size=4",
+                                         "--config.eval.reference_max=64"])
+        assert np.isfinite(ev["sw1"])
+    elif x.shape[-1] in (1, 3):
         ev = cli.main(evargs)
         assert ev["protocol"]["checkpoint_step"] == steps and np.isfinite(ev["fid"])
         assert ev["protocol"]["num_samples"] == 8 and (work / "eval.md").exists()
@@ -145,14 +171,17 @@ def test_recipe_full_config_model_matches_its_data(name):
 
     cfg = _load(ROOT / "configs" / f"{name}.py").get_config()
     net = B.build_network(cfg.model, B.build_process(cfg.get("process")))
-    want = {"cd_imagenet64": (64, 64, 3)}.get(
+    want = {"cd_imagenet64": (64, 64, 3), "lightningdit_xl1_imagenet256": (16, 16, 32),
+            "sohl_dickstein_swissroll": None, "video_bair": None, "video_ucf101": None,
+            "cold_celeba_blur": (128, 128, 3), "cold_celeba_noise": (128, 128, 3),
+            "cold_mnist": (28, 28, 1)}.get(
         name, (32, 32, 4) if name.startswith(LATENT_RECIPES) else (32, 32, 3))
-    assert B.model_input(cfg.model, net.abstract)[0] == want
+    assert B.model_input(cfg.model, net.abstract)[0] == want  # None: 2-D points (an MLP)
     if cfg.get("method"):
         assert cfg.method.name in METHODS
     else:
         assert cfg.loss.name in B.LOSSES
-        assert (net.num_classes == 1000) == name.startswith("dit_")
+        assert (net.num_classes == 1000) == name.startswith(("dit_", "sit_", "lightningdit_"))
 
 
 def test_recipe_bad_inputs_name_the_key(tmp_path):

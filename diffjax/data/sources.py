@@ -18,7 +18,9 @@ set is not there it raises an error that says how to prepare it on a machine wit
 ``'mnist'``, ``'cifar10'``, ...       TFDS (:data:`TFDS_NAMES`, ``lsun/<category>`` etc.)
 ``'tfds:<any name>'``                 any TFDS data set
 a folder                              :class:`ImageFolderSource` (or latents if it holds
-                                      only ``.npy``/``.npz`` files)
+                                      only ``.npy``/``.npz`` files; a latent folder of
+                                      ``python -m diffjax encode``:
+                                      :class:`diffjax.data.latents.LatentShardsSource`)
 a ``.npz`` / ``.npy`` file            :class:`LatentsSource`
 ====================================  ================================================
 """
@@ -732,6 +734,14 @@ def get_source(name_or_path: str | os.PathLike, split: str = "train", **kwargs) 
         n = int(kwargs.pop("num_samples", 100_000))
         seed = int(kwargs.pop("seed", 0)) + (0 if split == "train" else 1)
         return ArraySource(toy.sample_toy(name, n, seed=seed, **kwargs))
+    if s.startswith("video:"):  # clips (F, H, W, C): diffjax.data.video
+        from diffjax.data import video
+
+        if s == "video:moving_shapes":
+            n = int(kwargs.pop("num_samples", 2048))
+            seed = int(kwargs.pop("seed", 0)) + (0 if split == "train" else 1)
+            return ArraySource(video.moving_shapes(n, seed=seed, **kwargs)["videos"])
+        return video.TFDSVideoSource(s[6:], split, **kwargs)
     if s.startswith("tfds:"):
         return TFDSSource(s[5:], split, **kwargs)
     if s.split("/")[0].split(":")[0] in TFDS_NAMES:
@@ -742,6 +752,10 @@ def get_source(name_or_path: str | os.PathLike, split: str = "train", **kwargs) 
                              f"latent files (and folders) are sources")
         return LatentsSource(p, **kwargs)
     if p.is_dir():
+        from diffjax.data.latents import LatentShardsSource, is_latent_folder
+
+        if is_latent_folder(p):  # written by `python -m diffjax encode`
+            return LatentShardsSource(p, **kwargs)
         entries = list(p.iterdir())
         has_images = any(q.is_dir() or q.suffix.lower() in IMAGE_EXTENSIONS for q in entries)
         if not has_images and any(q.suffix in (".npy", ".npz") for q in entries):

@@ -17,6 +17,7 @@ loss-specific terms). Modules:
 
 from diffjax.losses import consistency, diffusion, imm, model_guidance, shortcut, timesteps, vlb
 from diffjax.losses.classifier import default_classifier_t_sampler, noisy_classifier_loss
+from diffjax.losses.cold import cold_loss
 from diffjax.losses.consistency import cd_target, consistency_loss, ct_schedule, ct_target
 from diffjax.losses.diffusion import (
     PIXEL_REDUCTIONS,

@@ -74,6 +74,9 @@ PROCESSES = {
     "edm": dj.EDM,
     "linear": dj.Linear,
     "gvp": dj.GVP,
+    # Sohl-Dickstein et al. 2015's baseline b_t = 1/linspace(T, 2, T)_t (T = 40 on 2-D data)
+    "sohl_dickstein": lambda num_steps=40, **kw: dj.DiscreteVP.from_betas(
+        dj.processes.sohl_dickstein_betas(num_steps, **kw)),
 }
 
 LOSSES = {
@@ -136,8 +139,31 @@ def _dit(preset, kw, rngs):
     return DiT(dit_config(preset or "DiT-XL/2", **kw), rngs=rngs)
 
 
+def _sohl_dickstein(preset, kw, rngs):
+    from diffjax.models.sohl_dickstein import SohlDicksteinMLP
+
+    return SohlDicksteinMLP(**kw, rngs=rngs)
+
+
+def _gan(cls_name):
+    def make(preset, kw, rngs):
+        from diffjax.models import gan
+
+        return getattr(gan, cls_name)(**kw, rngs=rngs)
+    return make
+
+
 #: model name -> ``(preset, kwargs, rngs) -> nnx.Module``
-MODELS = {"mlp": _mlp, "unet": _unet, "adm": _adm, "ncsnpp": _ncsnpp, "dit": _dit}
+MODELS = {"mlp": _mlp, "unet": _unet, "adm": _adm, "ncsnpp": _ncsnpp, "dit": _dit,
+          "sohl_dickstein": _sohl_dickstein, "gan_generator": _gan("ConvGenerator"),
+          "dcgan": _gan("DCGANGenerator"), "gan_mlp": _gan("MLPGenerator"),
+          "unet3d": lambda preset, kw, rngs: _unet3d(preset, kw, rngs)}
+
+
+def _unet3d(preset, kw, rngs):
+    from diffjax.models.unet3d import UNet3D, unet3d_from_preset
+
+    return unet3d_from_preset(preset, rngs=rngs, **kw) if preset else UNet3D(**kw, rngs=rngs)
 
 
 def build_model(cfg, rngs: nnx.Rngs):
@@ -206,7 +232,8 @@ def prediction_of(config) -> str:
 @dataclasses.dataclass
 class Data:
     """The data side of a run: the training source and loader, the held-out records, one
-    example's shape and whether it is labelled."""
+    example's shape and whether it is labelled. ``batch_size`` is the global batch (summed
+    over hosts; ``loader.batch_size`` is this host's share)."""
 
     source: Any
     loader: Any
@@ -286,7 +313,11 @@ def build_data(config) -> Data:
         source = D.ArraySource(source.images[:-holdout], labels)
     batch_size = int(dcfg.pop("batch_size", 64))
     flip = bool(dcfg.pop("flip", False))
-    loader = D.make_loader(source, batch_size=batch_size, seed=seed, random_flip=flip)
+    try:  # data.batch_size is the global batch: each host loads 1 / process_count of it
+        loader = D.make_loader(source, global_batch_size=batch_size, seed=seed,
+                               random_flip=flip)
+    except ValueError as e:
+        raise ValueError(f"data.batch_size={batch_size} (the global batch): {e}") from e
     example = next(iter(D.make_loader(source, batch_size=1, seed=seed)))
     return Data(source, loader, heldout, tuple(example["image"].shape[1:]), "label" in example,
                 name, batch_size)
@@ -482,8 +513,8 @@ def build_method(config, setup: M.Setup, *, teacher=None) -> M.Method:
                    "config.method.name")
     kw = dict(keys.d)
     if name == "cd":
-        kw["teacher"] = ((lambda: teacher) if teacher is not None
-                         else teacher_loader(keys, setup, seed))
+        kw["teacher"] = (teacher_loader(keys, setup, seed) if teacher is None
+                         else teacher if callable(teacher) else (lambda: teacher))
         for k in TEACHER_KEYS:
             kw.pop(k, None)
     elif teacher is not None:
@@ -546,6 +577,14 @@ class Built:
                                     ema_names=tuple(self.ema_specs), mesh=mesh,
                                     init_extra=self.method.init_extra, rules=rules)
 
+    def abstract_state(self, mesh=None, rules=None):
+        """:meth:`init_state`'s shapes, dtypes and shardings, nothing allocated (the target
+        a checkpoint is restored into; on one device without ``mesh``)."""
+        init = self.method.init_params or self.setup.network.init
+        return T.abstract_train_state(init, self.optimizer, seed=self.seed,
+                                      ema_names=tuple(self.ema_specs), mesh=mesh,
+                                      init_extra=self.method.init_extra, rules=rules)
+
 
 def build(config, *, data: bool = True, x_shape=None, has_label: bool = False,
           teacher=None) -> Built:
@@ -565,10 +604,17 @@ def build(config, *, data: bool = True, x_shape=None, has_label: bool = False,
     setup = M.Setup(network, tuple(x_shape), num_classes, batch,
                     int(config.train.num_steps), process)
     method = build_method(config, setup, teacher=teacher)
-    ocfg = section(config.optim)
-    ocfg.setdefault("total_steps", int(config.train.num_steps))
-    return Built(config, setup, method, ema_specs_of(config, method),
-                 T.make_optimizer(**ocfg), int(config.get("seed", 0)), d)
+    ocfg = section(config.get("optim"))
+    if method.optimizer is not None:  # GANs: one optimizer per network, the method's keys
+        if ocfg:
+            raise ValueError(f"method {method.name!r} builds its own optimizers from its "
+                             f"config.method keys; remove config.optim ({sorted(ocfg)})")
+        optimizer = method.optimizer
+    else:
+        ocfg.setdefault("total_steps", int(config.train.num_steps))
+        optimizer = T.make_optimizer(**ocfg)
+    return Built(config, setup, method, ema_specs_of(config, method), optimizer,
+                 int(config.get("seed", 0)), d)
 
 
 def read_run(workdir) -> dict:
@@ -591,17 +637,22 @@ def restore(config, workdir, *, data: bool = False, teacher=None) -> tuple[Built
         raise FileNotFoundError(f"no checkpoint under {ckdir}; run `python -m diffjax train` "
                                 "with this --workdir first")
     saved = read_run(workdir) if (workdir / "run.json").is_file() and not data else None
+    net = {}
+    if teacher is None and section(config.get("method")).get("name") == "cd":
+        # CD's teacher weights are in the checkpoint (state.extra['teacher']); the restore
+        # target needs only their shapes, so never re-read the teacher's run for it
+        def teacher():
+            abstract = jax.eval_shape(net["network"].init, jax.random.key(0))
+            return net["network"].bind, jax.tree_util.tree_map(
+                lambda a: np.zeros(a.shape, a.dtype), abstract)
     if saved is not None:
         built = build(config, data=False, x_shape=tuple(saved["x_shape"]),
                       has_label=bool(saved.get("has_label", False)), teacher=teacher)
     else:
         built = build(config, teacher=teacher)
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dev),
-        jax.eval_shape(built.init_state))
+    net["network"] = built.setup.network
     ck = T.Checkpointer(workdir / "checkpoints")
-    found = ck.restore_latest(abstract)
+    found = ck.restore_latest(built.abstract_state())
     ck.close()
     if found is None:
         raise FileNotFoundError(f"no checkpoint under {workdir / 'checkpoints'}; run `python -m "

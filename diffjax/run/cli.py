@@ -21,6 +21,9 @@ Commands:
          held-out denoising loss and, if asked, bits/dim; writes ``eval.json`` and ``eval.md``
          (config section ``eval``, :mod:`diffjax.run.evaluate`). ``--images=PATH``
          evaluates a folder or ``.npz`` of samples made elsewhere, without a checkpoint.
+  encode Encode the image data set ``config.encode.data`` (ADM centre crop) with the VAE of
+         ``config.vae``, sharded over the devices, into resumable ``.npy`` latent shards with
+         per-channel statistics (:mod:`diffjax.run.encode`); a rerun skips finished shards.
 
 Flags are absl flags; config keys are overridden with ``--config.train.num_steps=100``.
 ``--help`` (``-h``, ``--helpfull``) works at every level: ``python -m diffjax --help`` lists the
@@ -48,14 +51,19 @@ SUMMARY = {
     "train": "train from --config in --workdir, resuming from its checkpoints",
     "sample": "sample from the newest checkpoint in --workdir (writes sampled.png/.npz)",
     "eval": "FID/IS/... of the newest checkpoint (or of --images) against the reference set",
+    "encode": "encode config.encode.data with config.vae into resumable latent shards",
 }
 COMMANDS = tuple(SUMMARY)
+#: the flags of a manual multi-host start (with --distributed)
+DIST = ("coordinator_address", "num_processes", "process_id")
 #: the flags each command reads
 COMMAND_FLAGS = {
     "demo": ("workdir", "num_samples", "seed", "quick", "verbose"),
-    "train": ("config", "workdir", "restart", "distributed", "verbose"),
-    "sample": ("config", "workdir", "num_samples", "seed", "output", "distributed", "verbose"),
-    "eval": ("config", "workdir", "num_samples", "images", "distributed", "verbose"),
+    "train": ("config", "workdir", "restart", "distributed", *DIST, "verbose"),
+    "sample": ("config", "workdir", "num_samples", "seed", "output", "distributed", *DIST,
+               "verbose"),
+    "eval": ("config", "workdir", "num_samples", "images", "distributed", *DIST, "verbose"),
+    "encode": ("config", "workdir", "distributed", *DIST, "verbose"),
 }
 #: flags that make no sense outside their commands: set elsewhere, they are an error
 ONLY_FOR = {"quick": "demo", "restart": "train", "output": "sample", "images": "eval"}
@@ -90,6 +98,14 @@ def _flag_values(argv):
     flags.DEFINE_bool("distributed", False, "multi-host: call jax.distributed.initialize() "
                       "first (coordinator from the cluster environment: TPU pods, SLURM, ...)",
                       flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "--distributed without a cluster "
+                        "environment (plain multi-GPU hosts): host:port of process 0, given "
+                        "on every host with --num_processes and --process_id.",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "--distributed: the number of hosts.",
+                         flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "--distributed: this host's index, 0 .. "
+                         "num_processes - 1.", flag_values=fv)
     flags.DEFINE_bool("verbose", False, "on an error, print the full traceback (the command "
                       "line prints one line, 'error: <message>', otherwise).", flag_values=fv)
     return fv
@@ -306,7 +322,18 @@ def main(argv=None) -> dict | list | str:
     if FLAGS.distributed:
         import jax
 
-        jax.distributed.initialize()  # every host then feeds its own data shard
+        manual = {k: getattr(FLAGS, k) for k in ("coordinator_address", "num_processes",
+                                                  "process_id")}
+        given = {k: v for k, v in manual.items() if v is not None}
+        if given and len(given) != 3:
+            raise ValueError(f"--distributed with {sorted(given)} needs all of "
+                             "--coordinator_address, --num_processes and --process_id (or "
+                             "none: the cluster environment of a TPU pod or SLURM)")
+        jax.distributed.initialize(**given)  # every host then feeds its own data shard
+    if command == "encode":
+        from diffjax.run.encode import encode
+
+        return encode(FLAGS.config, FLAGS.workdir)
     if command == "train":
         from diffjax.run.train import train
 

@@ -76,8 +76,17 @@ def _eval_sampler(config, built, state):
                         clip_x0=sampling.clip_x0)
     else:
         protocol.update(sampler=f"method {method.name} ({method.nfe} network evaluations)")
-    return (lambda key, b, off: method.sample(params, key, b, class_labels(b, k_cls, off),
-                                              off)), protocol
+    def sample_fn(key, b, off):
+        return method.sample(params, key, b, class_labels(b, k_cls, off), off)
+
+    from diffjax.run.encode import decoder_of
+
+    decode = decoder_of(built)
+    if decode is None:
+        return sample_fn, protocol
+    # latent models: the samples are decoded by config.vae before features are taken
+    protocol["vae"] = section(config.vae).get("preset", "sd")
+    return (lambda key, b, off: decode(sample_fn(key, b, off))), protocol
 
 
 def _eval_settings(config, num_samples):
@@ -237,7 +246,7 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
             if ecfg.get("save_samples", True) and state is not None:
                 np.savez(workdir / "eval_samples.npz", samples=x)
     else:
-        if s is not None and s.setup.x_shape[-1] not in (1, 3):
+        if s is not None and s.setup.x_shape[-1] not in (1, 3) and not config.get("vae"):
             raise ValueError(f"the model draws {s.setup.x_shape} arrays (latents?), not 1- or "
                              "3-channel images; decode them and evaluate the images with "
                              "--images")
@@ -258,7 +267,11 @@ def evaluate(config, workdir, num_samples=None, images=None) -> dict:
                                         total=n)
             if kept:
                 np.savez(workdir / "eval_samples.npz", samples=np.concatenate(kept))
-            ref = _eval_reference(config, ecfg, space, workdir, ref_spec, is_path, progress)
+            from diffjax.run.encode import image_reference_config
+
+            # a latent model with a VAE: reference images from the set encode.data encoded
+            ref = _eval_reference(image_reference_config(config), ecfg, space, workdir,
+                                  ref_spec, is_path, progress)
             out.update(EV.evaluate_images(feats, reference=ref, metrics=ms, features=space,
                                           is_splits=int(ecfg.get("is_splits", 10)),
                                           pr_k=int(ecfg.get("pr_k", 3))))

@@ -106,6 +106,22 @@ class Loaded:
                                         offset))
 
 
+    def decode(self, latents) -> np.ndarray:
+        """Latents (as :meth:`sample` returns them for a latent run) -> images in ``[-1, 1]``
+        through the run's ``config.vae`` (:func:`diffjax.run.encode.decoder_of`).
+
+        Raises:
+          ValueError: the run's config has no ``vae`` section.
+        """
+        from diffjax.run.encode import decoder_of
+
+        decode = decoder_of(self.built)
+        if decode is None:
+            raise ValueError("this run's config has no vae section: its samples are not "
+                             "latents of a VAE")
+        return decode(latents)
+
+
 def _unused(*args, **kwargs):
     raise RuntimeError("a loaded run samples; it does not train")
 

@@ -10,7 +10,8 @@ def smoke_variant(config, model: dict, data: dict | None = None, *, batch_size: 
     """Shrink a recipe config in place to its seconds-long ``:smoke`` variant.
 
     ``model``: the tiny network; ``data``: a replacement data section (e.g. the embedded
-    digits), else the recipe's own with ``batch_size``. Training: 4 steps, no warm-up, a
+    digits), else the recipe's own with ``batch_size`` (``data.batch_size``: the global batch,
+    split over hosts by the loader). Training: 4 steps, no warm-up, a
     checkpoint at the end, one device; sampling: ``sample_steps`` steps, 4 samples.
 
     EMAs are shortened to an average over ~100 steps (decay 0.99; EDM's half-life to the same

@@ -38,17 +38,29 @@ def write_samples(built: Built, params, workdir, *, num_samples=None, seed=None,
     """Draw samples with the run's method and write ``<name>.npz`` and ``<name>.png``."""
     from diffjax.utils import density_image, image_grid, save_png
 
+    if built.method.sample is None:
+        raise ValueError(f"method {built.method.name!r} as configured cannot generate (no "
+                         "data-free start, e.g. Cold Diffusion's blur without "
+                         "method.degradation_kwargs.discrete=True); it restores degraded data")
     scfg = built.config.get("sample") or {}
     n = int(num_samples or scfg.get("num_samples", 64))
     key = jax.random.key(int(seed if seed is not None else built.seed))
     cond = class_labels(n, built.setup.num_classes)
     x = np.asarray(built.method.sample(params, key, n, cond))
+    from diffjax.run.encode import decoder_of
+
+    decode = decoder_of(built)
+    if decode is not None:  # latents -> images through the config's VAE (config.vae)
+        x = decode(x)
     workdir = Path(workdir)
     np.savez(workdir / f"{name}.npz", samples=x)
     if x.ndim == 2 and x.shape[1] == 2:
         save_png(workdir / f"{name}.png", density_image(x))
     elif x.ndim == 4 and x.shape[-1] in (1, 3):
         save_png(workdir / f"{name}.png", image_grid(x[:64]))
+    elif x.ndim == 5 and x.shape[-1] in (1, 3):  # videos: one row of frames per clip
+        save_png(workdir / f"{name}.png", image_grid(x[:16].reshape((-1,) + x.shape[2:]),
+                                                     ncols=x.shape[1]))
     elif x.ndim == 4:  # latents: a preview of the first 3 channels (not decoded by a VAE)
         v = x[:64, ..., :3]
         save_png(workdir / f"{name}.png", image_grid(v / max(float(np.abs(v).max()), 1e-6)))
@@ -103,7 +115,8 @@ def train(config, workdir, *, restart: bool = False) -> dict:
     batch_size = data.batch_size
     _check_batch(batch_size, mesh)
     ck = T.Checkpointer(workdir / "checkpoints", max_to_keep=int(tcfg.get("max_to_keep", 3)))
-    state = T.restore_or_init(ck, lambda: built.init_state(mesh, rules), data.loader)
+    state = T.restore_or_init(ck, lambda: built.init_state(mesh, rules), data.loader,
+                              abstract_state=lambda: built.abstract_state(mesh, rules))
     start = int(state.step)
     sh = T.state_shardings(state, mesh, rules)
     batch_sh = {"image": T.batch_sharding(mesh, 1 + len(setup.x_shape))}
@@ -140,10 +153,14 @@ def train(config, workdir, *, restart: bool = False) -> dict:
                            log_every=int(tcfg.get("log_every", 100)), workdir=workdir, meta=meta,
                            batch_size=batch_size, writer=writer,
                            log_fn=lambda line: print(line, flush=True),
-                           callback=grid_cb if every else None, callback_every=every)
+                           callback=grid_cb if every and built.method.sample else None,
+                           callback_every=every)
     ck.close()
     out = {"start_step": start, "end_step": int(state.step), "history": history}
-    if int(state.step) >= int(tcfg.num_steps):
+    if built.method.sample is None:
+        print(f"method {built.method.name!r} as configured restores degraded data and cannot "
+              "generate: no sample grid written", flush=True)
+    elif int(state.step) >= int(tcfg.num_steps):
         params, which = sample_weights(config, state)
         out["samples"] = write_samples(built, params, workdir, weights=which)
         if data.heldout is not None:
@@ -216,10 +233,11 @@ def check_train_keys(config):
 
 
 def _check_batch(batch_size, mesh):
+    # data.batch_size is the global batch and mesh.size counts the devices of every host
     if batch_size is not None and int(batch_size) % mesh.size:
-        raise ValueError(f"data.batch_size={batch_size} must be divisible by the {mesh.size} "
-                         f"devices of the mesh (mesh.data x mesh.fsdp); expected a multiple of "
-                         f"{mesh.size}")
+        raise ValueError(f"data.batch_size={batch_size} (the global batch) must be divisible "
+                         f"by the {mesh.size} devices of the mesh (mesh.data x mesh.fsdp, all "
+                         f"hosts); expected a multiple of {mesh.size}")
 
 
 #: config keys whose change alters the training state's shapes (a prefix ends in ".")
