@@ -32,7 +32,7 @@ Paper number: DiT-B/2 FID-50K 43.47 at 400k steps without guidance (DiT scaling 
 
 import ml_collections
 
-from diffjax.run.smoke import smoke_variant
+from diffjax.run.smoke import latent_smoke, smoke_variant
 
 #: documented default location of the pre-extracted latents (relative to the working directory)
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents"  # the folder `diffjax encode` writes
@@ -65,10 +65,7 @@ def get_config(arg=None):
                       hidden_size=32, depth=1, num_heads=2, num_classes=10,
                       time_input="ddpm_index", prediction="eps"))
         # images -> tiny VAE -> latents: 64 embedded digits at 32x32 -> 8x8x4 latents
-        c.vae = dict(preset="tiny", in_channels=1, out_channels=1, weights="", seed=0)
-        c.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
-                        examples_per_shard=32, flip=False, posterior="mean", output="",
-                        max_examples=64)
+        latent_smoke(c)
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

@@ -33,7 +33,7 @@ Paper number: FID-50K 1.35 at 800 epochs, 2.17 at 64 epochs [mem, unverified].
 
 import ml_collections
 
-from diffjax.run.smoke import smoke_variant
+from diffjax.run.smoke import latent_smoke, smoke_variant
 
 #: the latent folder written by the encode command (relative to the current directory)
 DEFAULT_LATENTS = "data/imagenet256_vavae_f16d32_latents"
@@ -66,10 +66,7 @@ def get_config(arg=None):
                       negate_output=True))
         c.sample.guidance = 1.5
         # images -> tiny VAE -> latents: 64 embedded digits at 32x32 -> 8x8x8 latents
-        c.vae = dict(preset="tiny_f16", in_channels=1, out_channels=1, weights="", seed=0)
-        c.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
-                        examples_per_shard=32, flip=False, posterior="mean", output="",
-                        max_examples=64)
+        latent_smoke(c, "tiny_f16")
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

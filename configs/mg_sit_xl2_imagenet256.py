@@ -36,7 +36,7 @@ Latents:  ``python -m diffjax encode`` writes the latent folder from ``encode.da
 
 import ml_collections
 
-from diffjax.run.smoke import smoke_variant
+from diffjax.run.smoke import latent_smoke, smoke_variant
 
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents"  # the folder `diffjax encode` writes
 
@@ -74,10 +74,7 @@ def get_config(arg=None):
                       sample_steps=None)
         c.method.update(start_step=2, sample_steps=3)
         # images -> tiny VAE -> latents: 64 embedded digits at 32x32 -> 8x8x4 latents
-        c.vae = dict(preset="tiny", in_channels=1, out_channels=1, weights="", seed=0)
-        c.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
-                        examples_per_shard=32, flip=False, posterior="mean", output="",
-                        max_examples=64)
+        latent_smoke(c)
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

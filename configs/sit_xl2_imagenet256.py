@@ -31,7 +31,7 @@ Paper number: SiT-XL/2 FID-50K 2.06 with CFG 1.5 (SDE), 2.15 (ODE) [mem, unverif
 
 import ml_collections
 
-from diffjax.run.smoke import smoke_variant
+from diffjax.run.smoke import latent_smoke, smoke_variant
 
 #: the latent folder written by the encode command (relative to the current directory)
 DEFAULT_LATENTS = "data/imagenet256_sdvae_latents"
@@ -67,10 +67,7 @@ def get_config(arg=None):
                       class_dropout_prob=0.1, learn_sigma=False, discard_sigma=False,
                       time_input="sit", prediction="velocity", negate_output=True))
         # images -> tiny VAE -> latents: 64 embedded digits at 32x32 -> 8x8x4 latents
-        c.vae = dict(preset="tiny", in_channels=1, out_channels=1, weights="", seed=0)
-        c.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
-                        examples_per_shard=32, flip=False, posterior="mean", output="",
-                        max_examples=64)
+        latent_smoke(c)
     elif arg not in (None, ""):
         raise ValueError(f"unknown config variant {arg!r}; expected 'smoke' or nothing")
     return c

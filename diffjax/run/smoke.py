@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["smoke_variant"]
+__all__ = ["smoke_variant", "latent_smoke"]
 
 
 def smoke_variant(config, model: dict, data: dict | None = None, *, batch_size: int = 16,
@@ -34,4 +34,15 @@ def smoke_variant(config, model: dict, data: dict | None = None, *, batch_size: 
         config.sample.num_steps = sample_steps
     config.sample.num_samples = 4
     config.mesh = dict(data=1, fsdp=1)
+    return config
+
+
+def latent_smoke(config, vae_preset: str = "tiny"):
+    """The latent recipes' smoke data path: 64 embedded digits at 32x32 -> a tiny random
+    VAE (``vae_preset``: ``tiny`` gives 8x8x4 latents, ``tiny_f16`` 8x8x8) -> latent shards
+    written by ``python -m diffjax encode``; sample and eval decode through the same VAE."""
+    config.vae = dict(preset=vae_preset, in_channels=1, out_channels=1, weights="", seed=0)
+    config.encode = dict(data="digits", split="train", image_size=32, batch_size=2,
+                         examples_per_shard=32, flip=False, posterior="mean", output="",
+                         max_examples=64)
     return config
