@@ -98,6 +98,34 @@ def test_command_line_errors_are_one_line_with_status_2(tmp_path):
     assert not work.exists()
 
 
+def test_quickstart_smoke_outputs_and_resume(trained, tmp_path):
+    """The quickstart smoke run (the module's fixture): the losses recorded before the Method
+    refactor, the sample grid, quality figure, summary and TensorBoard events; then a longer
+    run resumes from the step-20 checkpoint instead of restarting."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    recorded = json.loads((ROOT / "tests" / "fixtures" / "smoke_losses.json")
+                          .read_text())["quickstart"]
+    np.testing.assert_allclose([m["loss"] for m in lines], list(recorded.values()), rtol=1e-6)
+    assert [m["step"] for m in lines] == [10, 20]
+    assert (trained / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    x = np.load(trained / "samples.npz")["samples"]
+    assert x.shape == (16, 8, 8, 1) and np.all(np.abs(x) <= 1.0)
+    q = json.loads((trained / "quality.json").read_text())
+    assert q["n"] == 16 and q["classifier_score_heldout"] > q["classifier_score_gaussian_fit"]
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["end_step"] == 20 and "quality" in summary
+    ea = EventAccumulator(str(trained / "tensorboard"))  # readable without TensorFlow
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/loss")] == [10, 20]
+    work = tmp_path / "run"
+    shutil.copytree(trained, work)
+    out = cli.main(["train", QUICK, f"--workdir={work}", "--config.train.num_steps=30"] + FAST)
+    assert out["start_step"] == 20 and out["end_step"] == 30
+
+
 def test_drift_rerun_and_sample_output(trained, capsys):
     work = trained
     run_json, ckpts = (work / "run.json").read_text(), sorted(work.joinpath("checkpoints")
@@ -157,14 +185,14 @@ def test_own_image_folder_end_to_end(tmp_path, capsys):
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "mine"
-    for i in range(9):
+    for i in range(66):  # > one batch of 64: the fixture's compiled program is reused
         save_png(folder / f"{i}.png", rng.integers(0, 256, (12, 10), dtype=np.uint8))
     save_png(folder / "big.png", rng.integers(0, 256, (16, 16), dtype=np.uint8))
     work = tmp_path / "w"
     own = ["train", QUICK, f"--workdir={work}", f"--config.data.name={folder}",
-           "--config.data.holdout=0", "--config.data.batch_size=8", "--config.train.num_steps=2",
+           "--config.data.holdout=0", "--config.train.num_steps=2",
            "--config.train.save_every=2"] + FAST
-    with pytest.raises(ValueError, match=r"data.name=.*2 sizes.*12x10: 9, 16x16: 1.*big\.png"
+    with pytest.raises(ValueError, match=r"data.name=.*2 sizes.*12x10: 66, 16x16: 1.*big\.png"
                                          r".*data.image_size"):
         cli.main(own)
     blob = (folder / "0.png").read_bytes()
