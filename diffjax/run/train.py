@@ -241,7 +241,8 @@ def _check_batch(batch_size, mesh):
 
 
 #: config keys whose change alters the training state's shapes (a prefix ends in ".")
-SHAPE_KEYS = ("model.", "process.", "data.name", "method.name")
+SHAPE_KEYS = ("model.", "process.", "data.name", "data.image_size", "data.channels",
+              "method.name")
 
 
 def _alters_shapes(key: str) -> bool:
